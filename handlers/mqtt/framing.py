@@ -1,0 +1,130 @@
+"""Incremental, bounded packet framing in the h11 style: bytes in, packets out, no I/O.
+
+Theory of operation: :meth:`PacketReader.receive_data` appends to a buffer;
+:meth:`PacketReader.next_packet` looks at the fixed header at the front. As soon as the remaining
+length is known, a packet whose total size exceeds ``max_packet_size`` is rejected
+(:class:`PacketTooLarge`) before its body is buffered, and a length field longer than four bytes
+is rejected as malformed. A complete packet is cut from the buffer and decoded; otherwise
+``None`` asks for more data. The caller feeds one read at a time and drains ``next_packet()``
+until it returns ``None`` before reading again, so the buffer never holds more than one
+partial packet plus one read.
+
+The protocol level decides how packets after CONNECT decode. A server-side reader starts with
+none: the first packet must be CONNECT, and the level it carries is then in force; a second
+CONNECT is a protocol error. A client-side reader is told the level it sent. The reader also
+enforces direction: a server only accepts packets clients send and vice versa, and a PUBLISH
+from a client must not carry a subscription identifier.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .decoder import decode_packet
+from .errors import MalformedPacket, NeedMoreData, PacketTooLarge, ProtocolError
+from .packet_types import CLIENT_TO_SERVER, MQTT_5, MQTT_311, SERVER_TO_CLIENT, PacketType
+from .packets import Connect, Packet, Publish
+from .primitives import VARINT_MAX, decode_varint
+
+#: The largest packet the wire format can express: 1 byte type, 4 bytes length, body.
+ABSOLUTE_MAX_PACKET_SIZE = 1 + 4 + VARINT_MAX
+
+
+class Role(Enum):
+    """Which end of the connection a reader sits on."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class PacketReader:
+    """Turn a byte stream into MQTT packets, bounded by ``max_packet_size`` (whole packet)."""
+
+    def __init__(
+        self,
+        role: Role = Role.SERVER,
+        *,
+        max_packet_size: int = ABSOLUTE_MAX_PACKET_SIZE,
+        protocol_version: int | None = None,
+    ) -> None:
+        if protocol_version not in (None, MQTT_311, MQTT_5):
+            raise ValueError(f"unsupported protocol level {protocol_version}")
+        if role is Role.CLIENT and protocol_version is None:
+            raise ValueError("a client-side reader needs the protocol level it sent in CONNECT")
+        if not 2 <= max_packet_size <= ABSOLUTE_MAX_PACKET_SIZE:
+            raise ValueError(f"max_packet_size out of range: {max_packet_size}")
+        self.role = role
+        self.max_packet_size = max_packet_size
+        self._version = protocol_version
+        self._accepted = CLIENT_TO_SERVER if role is Role.SERVER else SERVER_TO_CLIENT
+        self._buffer = bytearray()
+
+    @property
+    def protocol_version(self) -> int | None:
+        """The protocol level in force (4 or 5), or ``None`` before CONNECT on a server."""
+        return self._version
+
+    @property
+    def buffered(self) -> int:
+        """Number of bytes received but not yet consumed."""
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the peer."""
+        self._buffer += data
+
+    def next_packet(self) -> Packet | None:
+        """Return the next complete packet, or ``None`` if more data is needed.
+
+        Raises :class:`MQTTError` subclasses when the peer broke the protocol; the reader is then
+        unusable and the connection should be closed (after a DISCONNECT/CONNACK with the error's
+        reason code where the protocol allows one).
+        """
+        buf = self._buffer
+        size = len(buf)
+        if size < 2:
+            return None
+        if buf[1] < 0x80:
+            remaining, start = buf[1], 2
+        else:
+            try:
+                remaining, start = decode_varint(memoryview(bytes(buf[:5])), 1)
+            except NeedMoreData:
+                return None
+        total = start + remaining
+        if total > self.max_packet_size:
+            raise PacketTooLarge(
+                f"packet of {total} bytes exceeds the maximum of {self.max_packet_size}"
+            )
+        if size < total:
+            return None
+        first = buf[0]
+        self._check_type(first >> 4)
+        data = bytes(buf[:total])
+        del buf[:total]
+        version = self._version
+        packet = decode_packet(
+            first, memoryview(data)[start:], MQTT_311 if version is None else version
+        )
+        if isinstance(packet, Connect):
+            self._version = packet.protocol_level
+        elif (
+            isinstance(packet, Publish)
+            and self.role is Role.SERVER
+            and packet.properties.subscription_identifiers
+        ):
+            raise ProtocolError("a client PUBLISH must not carry a subscription identifier")
+        return packet
+
+    def _check_type(self, ptype: int) -> None:
+        if ptype == 0:
+            raise MalformedPacket("reserved packet type 0")
+        if ptype not in self._accepted:
+            name = PacketType(ptype).name
+            raise ProtocolError(f"{name} is not a packet a {self.role.value} receives")
+        if self.role is Role.SERVER:
+            is_connect = ptype == PacketType.CONNECT
+            if self._version is None and not is_connect:
+                raise ProtocolError("the first packet must be CONNECT")
+            if self._version is not None and is_connect:
+                raise ProtocolError("second CONNECT on the same connection")
