@@ -18,7 +18,7 @@ async def open_storage(url: str, policy: DurabilityPolicy | None = None) -> Asyn
             yield storage
         return
     path = url.removeprefix("file://")
-    from storage.local import open_local_storage  # type: ignore[import-not-found,unused-ignore]
+    from storage.local import open_local_storage
 
     async with open_local_storage(path, policy or DurabilityPolicy()) as storage:
         yield storage

@@ -137,7 +137,10 @@ class PartitionLog(ABC):
     @property
     @abstractmethod
     def end_position(self) -> int:
-        """Position the next appended entry will get."""
+        """End of the acknowledged entries: the position after the last one.
+
+        Appends still in flight are not counted.
+        """
 
     @property
     @abstractmethod
@@ -156,7 +159,10 @@ class PartitionLog(ABC):
         Returns only once the entries are as durable as the durability policy
         promises.  Keys must be strictly increasing (also against the last key
         already in the log) or :class:`OutOfOrderKeyError` is raised and nothing
-        is written.  Concurrent appends are ordered by arrival.
+        is written.  Concurrent appends are ordered by arrival: the order of the
+        calls (keys are checked and entries queued before the first checkpoint),
+        and they return in that order too.  Timestamps are not checked; a
+        non-decreasing sequence keeps :meth:`position_for_timestamp` meaningful.
         """
 
     @abstractmethod

@@ -81,7 +81,7 @@ class MemoryLog(PartitionLog):
             if entry.key < 0 or (last is not None and entry.key <= last):
                 raise OutOfOrderKeyError(f"key {entry.key} after {last}")
             last = entry.key
-        await trio.lowlevel.checkpoint()
+        # store before the first checkpoint: the order of calls is the order in the log
         positions = []
         for entry in entries:
             pos = self.end_position
@@ -89,6 +89,7 @@ class MemoryLog(PartitionLog):
             self._keys.append(entry.key)
             positions.append(pos)
         self._last_key = last
+        await trio.lowlevel.checkpoint()
         return positions
 
     async def read(
@@ -125,21 +126,24 @@ class MemoryLog(PartitionLog):
                 return entry.position
         return self.end_position
 
-    def _drop_segments(self, count: int) -> int:
-        dropped = count * self._per_segment
-        dropped = min(dropped, max(0, len(self._entries) - self._per_segment))
-        # keep whole segments aligned on absolute positions
-        del self._entries[:dropped]
-        del self._keys[:dropped]
-        self._start += dropped
-        return dropped
+    def _droppable_segment(self) -> list[StoredEntry] | None:
+        """The oldest segment when it is sealed (segments are aligned on absolute positions)."""
+        active_base = self.end_position // self._per_segment * self._per_segment
+        if self._start + self._per_segment > active_base:
+            return None
+        return self._entries[: self._per_segment]
+
+    def _drop_oldest_segment(self) -> int:
+        del self._entries[: self._per_segment]
+        del self._keys[: self._per_segment]
+        self._start += self._per_segment
+        return self._per_segment
 
     async def apply_retention(self, policy: RetentionPolicy, now_ms: int) -> int:
         self._check_open()
         await trio.lowlevel.checkpoint()
         dropped = 0
-        while len(self._entries) > self._per_segment:
-            segment = self._entries[: self._per_segment]
+        while (segment := self._droppable_segment()) is not None:
             too_old = (
                 policy.max_age_ms is not None
                 and segment[-1].timestamp_ms < now_ms - policy.max_age_ms
@@ -149,7 +153,7 @@ class MemoryLog(PartitionLog):
             ) >= policy.max_bytes
             if not (too_old or too_big):
                 break
-            dropped += self._drop_segments(1)
+            dropped += self._drop_oldest_segment()
         return dropped
 
     async def truncate_before(self, position: int) -> int:
@@ -157,10 +161,10 @@ class MemoryLog(PartitionLog):
         await trio.lowlevel.checkpoint()
         dropped = 0
         while (
-            len(self._entries) > self._per_segment
+            self._droppable_segment() is not None
             and self._start + self._per_segment <= position
         ):
-            dropped += self._drop_segments(1)
+            dropped += self._drop_oldest_segment()
         return dropped
 
     async def sync(self) -> None:

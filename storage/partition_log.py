@@ -1,0 +1,569 @@
+"""``LocalLog``: a partition log in segment files on local disk, with group commit.
+
+How an append travels
+---------------------
+``append`` checks the keys and puts a *ticket* (entries plus their first position)
+on the pending queue synchronously, before its first checkpoint: the order of
+``append`` calls is the order in the log.  One writer task per log (started by the
+storage's nursery, see :meth:`LocalLog.run_writer`) takes every pending ticket at
+once, and a single worker-thread call writes them all with ``writev`` and — under
+the ``always`` policy — one ``fdatasync`` (group commit).  Back on the event loop
+the writer publishes the new end of the log (readers never see more) and queues
+the tickets for return.  Tickets return strictly in log order: only the oldest
+completed ticket is woken, and it wakes the next one as it leaves (a baton), so a
+later append never returns before an earlier one even though trio may resume
+woken tasks in any order.  A cancelled append leaves the queue without blocking
+the others; its entries may still be written (their positions are already taken).
+
+The pending queue has no fixed bound of its own: every ticket belongs to an
+``append`` call that is waiting for it, so it is bounded by the callers'
+concurrency.  One worker call takes at most ``_GROUP_BYTES`` of it.
+
+Threads and state: the writer thread appends index rows and may roll to a new
+segment (``_segments.append``); event-loop code reads only rows below the
+published end.  Everything that changes files (writes, roll, retention, sync,
+close) holds ``_io_lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from storage.api import (
+    DurabilityPolicy,
+    EntryIn,
+    LogClosedError,
+    OutOfOrderKeyError,
+    PartitionLog,
+    PositionOutOfRangeError,
+    RetentionPolicy,
+    StorageError,
+    StoredEntry,
+    SyncMode,
+)
+from storage.segment import (
+    ENTRY_HEADER_SIZE,
+    MAX_ENTRY_BYTES,
+    MAX_KEY,
+    create_segment_file,
+    encode_entry_header,
+    fsync_directory,
+    index_path,
+    parse_entries,
+    read_range,
+    write_all,
+)
+from storage.segment_index import SegmentIndex
+from storage.segment_recovery import RecoveredSegment, recover_log
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+MIN_TIMESTAMP = -(2**63)
+_GROUP_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(slots=True, eq=False)
+class _Segment:
+    base: int
+    path: Path
+    prev_key: int | None
+    index: SegmentIndex
+    size: int  # bytes in the file: header plus entries written
+
+    def visible(self, end: int) -> int:
+        """How many of this segment's entries lie below the published ``end``."""
+        return max(0, min(self.index.count, end - self.base))
+
+
+class _Ticket:
+    __slots__ = ("abandoned", "entries", "error", "event", "first", "nbytes")
+
+    def __init__(self, entries: Sequence[EntryIn], first: int, nbytes: int) -> None:
+        self.entries = entries
+        self.first = first
+        self.nbytes = nbytes
+        self.event = trio.Event()
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+
+class LocalLog(PartitionLog):
+    """A partition log stored as segment files under one directory.
+
+    Create it with :meth:`open` and run :meth:`run_writer` in a nursery for as
+    long as it is open; :class:`storage.local.LocalStorage` does both.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        policy: DurabilityPolicy,
+        segment_bytes: int,
+        recovered: list[RecoveredSegment],
+        fd: int,
+    ) -> None:
+        self._name = name
+        self._dir = directory
+        self._policy = policy
+        self._segment_bytes = segment_bytes
+        self._segments = [_Segment(r.base, r.path, r.prev_key, r.index, r.size) for r in recovered]
+        self._active = self._segments[-1]
+        self._fd: int | None = fd  # the active segment, opened for appending
+        last = self._active
+        self._end = last.base + last.index.count  # published (acknowledged) end
+        self._last_key = self._compute_last_key()
+        self._next_position = self._end  # assigned to appends, maybe not yet written
+        self._assigned_key = self._last_key
+        self._pending: deque[_Ticket] = deque()
+        self._returning: deque[_Ticket] = deque()
+        self._work = trio.lowlevel.ParkingLot()
+        self._progress = trio.lowlevel.ParkingLot()
+        self._io_lock = trio.Lock()
+        self._writer_done = trio.Event()
+        self._unsynced = False
+        self._closing = False
+        self._closed = False
+        self._failed: BaseException | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        name: str,
+        directory: Path,
+        policy: DurabilityPolicy,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> LocalLog:
+        """Recover (or create) the log in ``directory``; the files are checked in a thread."""
+        if segment_bytes <= 0:
+            raise ValueError("segment_bytes must be positive")
+        recovered, fd = await trio.to_thread.run_sync(_recover_and_open, directory)
+        return cls(name, directory, policy, segment_bytes, recovered, fd)
+
+    def _compute_last_key(self) -> int | None:
+        last = self._segments[-1]  # only the last segment can be empty
+        return last.index.last_key() if last.index.count else last.prev_key
+
+    # -- properties ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def directory(self) -> Path:
+        """Where this log's files live."""
+        return self._dir
+
+    @property
+    def start_position(self) -> int:
+        return self._segments[0].base
+
+    @property
+    def end_position(self) -> int:
+        """End of the acknowledged entries (appends still in flight are not counted)."""
+        return self._end
+
+    @property
+    def last_key(self) -> int | None:
+        return self._last_key
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(seg.size for seg in self._segments)
+
+    @property
+    def segment_count(self) -> int:
+        """Number of segment files (the active one included)."""
+        return len(self._segments)
+
+    @property
+    def needs_sync(self) -> bool:
+        """Whether something was written that has not been fsynced yet."""
+        return self._unsynced
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(self._name)
+
+    def _check_writable(self) -> None:
+        if self._closed or self._closing:
+            raise LogClosedError(self._name)
+        if self._failed is not None:
+            raise StorageError(f"log {self._name} failed: {self._failed}") from self._failed
+
+    # -- append -------------------------------------------------------------------
+
+    async def append(self, entries: Sequence[EntryIn]) -> list[int]:
+        ticket = self._enqueue(entries)
+        if ticket is None:
+            await trio.lowlevel.checkpoint()
+            return []
+        try:
+            await ticket.event.wait()
+        except BaseException:
+            ticket.abandoned = True
+            self._leave(ticket)
+            raise
+        self._leave(ticket)
+        if ticket.error is not None:
+            raise ticket.error
+        return list(range(ticket.first, ticket.first + len(ticket.entries)))
+
+    def _enqueue(self, entries: Sequence[EntryIn]) -> _Ticket | None:
+        """Validate and queue, synchronously (the ordering contract relies on it)."""
+        self._check_writable()
+        if not entries:
+            return None
+        last = self._assigned_key
+        nbytes = 0
+        for entry in entries:
+            key = entry.key
+            if key < 0 or key > MAX_KEY or (last is not None and key <= last):
+                raise OutOfOrderKeyError(f"key {key} after {last}")
+            if not MIN_TIMESTAMP <= entry.timestamp_ms <= MAX_KEY:
+                raise ValueError(f"timestamp {entry.timestamp_ms} out of range")
+            size = len(entry.data)
+            if size > MAX_ENTRY_BYTES:
+                raise ValueError(f"entry of {size} bytes is too large")
+            nbytes += size
+            last = key
+        # a copy: the caller may reuse its list
+        ticket = _Ticket(tuple(entries), self._next_position, nbytes)
+        self._next_position += len(entries)
+        self._assigned_key = last
+        self._pending.append(ticket)
+        self._work.unpark_all()
+        return ticket
+
+    def _leave(self, ticket: _Ticket) -> None:
+        """Remove a ticket from the return queue and pass the baton on."""
+        returning = self._returning
+        if not returning:
+            return
+        if returning[0] is ticket:
+            returning.popleft()
+        else:
+            if ticket in returning:
+                returning.remove(ticket)
+            return
+        if returning:
+            returning[0].event.set()
+
+    def _complete(self, tickets: Sequence[_Ticket]) -> None:
+        for ticket in tickets:
+            if not ticket.abandoned:
+                self._returning.append(ticket)
+        if self._returning:
+            self._returning[0].event.set()
+        self._progress.unpark_all()
+
+    # -- the writer -----------------------------------------------------------------
+
+    async def run_writer(self) -> None:
+        """Write queued appends until the log is closed; run this in a nursery."""
+        try:
+            while True:
+                while not self._pending and not self._closing:
+                    await self._work.park()
+                if not self._pending:
+                    return
+                async with self._io_lock:
+                    group = self._take_group()
+                    if self._failed is not None:  # an fsync failed: write nothing more
+                        self._fail_tickets(group, self._failed)
+                        return
+                    try:
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(self._write_group, group)
+                    except Exception as exc:
+                        log.error("log %s: write failed, log is now read-only: %r", self._name, exc)
+                        self._failed = exc
+                        self._fail_tickets(group, exc)
+                        return
+                last = group[-1]
+                self._end = last.first + len(last.entries)
+                self._last_key = last.entries[-1].key
+                self._complete(group)
+        finally:
+            self._closing = True
+            self._fail_tickets(list(self._pending), self._failed)
+            self._pending.clear()
+            self._writer_done.set()
+            self._progress.unpark_all()
+
+    def _fail_tickets(self, tickets: Sequence[_Ticket], cause: BaseException | None) -> None:
+        for ticket in tickets:
+            if cause is None:
+                ticket.error = LogClosedError(f"log {self._name} closed before the write")
+            else:
+                ticket.error = StorageError(f"append to {self._name} failed: {cause}")
+                ticket.error.__cause__ = cause
+        self._complete(tickets)
+
+    def _take_group(self) -> list[_Ticket]:
+        group = [self._pending.popleft()]
+        nbytes = group[0].nbytes
+        while self._pending and nbytes + self._pending[0].nbytes <= _GROUP_BYTES:
+            ticket = self._pending.popleft()
+            nbytes += ticket.nbytes
+            group.append(ticket)
+        return group
+
+    def _write_group(self, group: list[_Ticket]) -> None:
+        """Worker thread: write a group of tickets, roll segments, fsync per policy."""
+        seg = self._active
+        limit = self._segment_bytes
+        buffers: list[bytes] = []
+        header = encode_entry_header
+        for ticket in group:
+            for entry in ticket.entries:
+                if seg.size >= limit and seg.index.count:
+                    self._flush(buffers)
+                    buffers = []
+                    seg = self._roll()
+                data = entry.data
+                buffers.append(header(entry.key, entry.timestamp_ms, data))
+                buffers.append(data)
+                seg.size += ENTRY_HEADER_SIZE + len(data)
+                seg.index.append(seg.size, entry.key, entry.timestamp_ms)
+        self._flush(buffers)
+        if seg.size >= limit:
+            self._roll()
+        if self._unsynced and self._policy.mode is SyncMode.ALWAYS:
+            self._fsync()
+
+    def _flush(self, buffers: list[bytes]) -> None:
+        if buffers:
+            assert self._fd is not None
+            write_all(self._fd, buffers)
+            self._unsynced = True
+
+    def _fsync(self) -> None:
+        assert self._fd is not None
+        os.fdatasync(self._fd)
+        self._unsynced = False
+
+    def _roll(self) -> _Segment:
+        """Worker thread: seal the active segment and start a new, empty one."""
+        old = self._active
+        assert self._fd is not None
+        if self._unsynced:
+            self._fsync()  # a sealed segment is never torn, whatever the policy
+        os.close(self._fd)
+        self._fd = None
+        idx = index_path(self._dir, old.base)
+        tmp = idx.with_suffix(".idx.tmp")
+        tmp.write_bytes(old.index.to_bytes())  # not synced: checked and rebuilt at open
+        os.replace(tmp, idx)
+        base = old.base + old.index.count
+        prev = old.index.last_key() if old.index.count else old.prev_key
+        path = create_segment_file(self._dir, base, prev)
+        new = _Segment(base, path, prev, SegmentIndex(old.index.first_offset), path.stat().st_size)
+        self._fd = _open_for_append(path)
+        self._segments.append(new)
+        self._active = new
+        return new
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def read(
+        self, position: int, max_bytes: int, max_entries: int | None = None
+    ) -> list[StoredEntry]:
+        self._check_open()
+        end = self._end
+        start = self.start_position
+        if position < start or position > end:
+            await trio.lowlevel.checkpoint()
+            raise PositionOutOfRangeError(f"{position} outside [{start}, {end}]")
+        plan = self._plan_read(position, end, max_bytes, max_entries)
+        if not plan:
+            await trio.lowlevel.checkpoint()
+            return []
+        try:
+            return await trio.to_thread.run_sync(_read_plan, plan)
+        except FileNotFoundError:
+            # retention removed the segment while we were reading it
+            raise PositionOutOfRangeError(
+                f"{position} was dropped by retention (log starts at {self.start_position})"
+            ) from None
+
+    def _plan_read(
+        self, position: int, end: int, max_bytes: int, max_entries: int | None
+    ) -> list[tuple[Path, int, int, int, int]]:
+        """(path, byte start, byte end, first position, count) per segment to read."""
+        plan: list[tuple[Path, int, int, int, int]] = []
+        segments = self._segments
+        i = bisect_right(segments, position, key=lambda s: s.base) - 1
+        taken = 0
+        used = 0
+        limit = max_entries if max_entries is not None else end - position
+        while i < len(segments) and taken < limit:
+            seg = segments[i]
+            index = seg.index
+            first = position - seg.base if not plan else 0
+            visible = seg.visible(end)
+            j = first
+            while j < visible and taken < limit:
+                size = index.end_offset(j) - index.start_offset(j) - ENTRY_HEADER_SIZE
+                if taken and used + size > max_bytes:
+                    limit = taken  # budget spent
+                    break
+                used += size
+                taken += 1
+                j += 1
+            if j > first:
+                plan.append(
+                    (seg.path, index.start_offset(first), index.end_offset(j - 1),
+                     seg.base + first, j - first)
+                )
+            elif first >= visible:
+                break
+            i += 1
+        return plan
+
+    async def floor_position(self, key: int) -> int | None:
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        end = self._end
+        sentinel = MAX_KEY + 1
+
+        def first_key(seg: _Segment) -> int:
+            return seg.index.keys[0] if seg.visible(end) else sentinel
+
+        i = bisect_right(self._segments, key, key=first_key) - 1
+        if i < 0:
+            return None
+        seg = self._segments[i]
+        j = seg.index.floor(key, seg.visible(end))
+        return None if j < 0 else seg.base + j
+
+    async def position_for_timestamp(self, timestamp_ms: int) -> int:
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        end = self._end
+        for seg in self._segments:
+            visible = seg.visible(end)
+            if visible and seg.index.max_ts[visible - 1] >= timestamp_ms:
+                return seg.base + seg.index.first_at_or_after(timestamp_ms, visible)
+        return end
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def apply_retention(self, policy: RetentionPolicy, now_ms: int) -> int:
+        self._check_open()
+        async with self._io_lock:
+            total = self.size_bytes
+            drop = 0
+            while drop < len(self._segments) - 1:
+                seg = self._segments[drop]
+                too_old = (
+                    policy.max_age_ms is not None
+                    and seg.index.max_ts[-1] < now_ms - policy.max_age_ms
+                )
+                too_big = policy.max_bytes is not None and total - seg.size >= policy.max_bytes
+                if not (too_old or too_big):
+                    break
+                total -= seg.size
+                drop += 1
+            return await self._drop_first(drop)
+
+    async def truncate_before(self, position: int) -> int:
+        self._check_open()
+        async with self._io_lock:
+            drop = 0
+            while drop < len(self._segments) - 1:
+                seg = self._segments[drop]
+                if seg.base + seg.index.count > position:
+                    break
+                drop += 1
+            return await self._drop_first(drop)
+
+    async def _drop_first(self, count: int) -> int:
+        """Forget the first ``count`` (sealed) segments and delete their files (lock held)."""
+        if not count:
+            await trio.lowlevel.checkpoint()
+            return 0
+        gone = self._segments[:count]
+        del self._segments[:count]
+        paths = [p for seg in gone for p in (seg.path, index_path(self._dir, seg.base))]
+        await trio.to_thread.run_sync(_remove_files, self._dir, paths)
+        return sum(seg.index.count for seg in gone)
+
+    # -- sync and close -----------------------------------------------------------------
+
+    async def sync(self) -> None:
+        self._check_open()
+        target = self._next_position
+        while self._end < target and not self._closed:
+            if self._failed is not None:
+                raise StorageError(f"log {self._name} failed: {self._failed}")
+            if self._writer_done.is_set():
+                raise LogClosedError(self._name)
+            await self._progress.park()
+        async with self._io_lock:
+            if self._unsynced and self._fd is not None and self._failed is None:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self._fsync)
+                except OSError as exc:
+                    log.error("log %s: fsync failed, log is now read-only: %r", self._name, exc)
+                    self._failed = exc
+                    raise StorageError(f"fsync of {self._name} failed: {exc}") from exc
+            else:
+                await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        """Write what is queued, fsync, close the files; later calls raise LogClosedError."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closing = True
+        self._work.unpark_all()
+        await self._writer_done.wait()
+        async with self._io_lock:
+            if not self._closed:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._close_files)
+                self._closed = True
+
+    def _close_files(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            if self._unsynced and self._failed is None:
+                self._fsync()
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _open_for_append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+
+
+def _recover_and_open(directory: Path) -> tuple[list[RecoveredSegment], int]:
+    recovered = recover_log(directory)
+    return recovered, _open_for_append(recovered[-1].path)
+
+
+def _read_plan(plan: list[tuple[Path, int, int, int, int]]) -> list[StoredEntry]:
+    out: list[StoredEntry] = []
+    for path, start, end, first, count in plan:
+        out.extend(parse_entries(read_range(path, start, end), first, count))
+    return out
+
+
+def _remove_files(directory: Path, paths: list[Path]) -> None:
+    for path in paths:  # oldest first: a crash leaves a contiguous suffix
+        path.unlink(missing_ok=True)
+    fsync_directory(directory)
