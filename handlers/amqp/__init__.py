@@ -1,0 +1,60 @@
+"""AMQP 0-9-1 protocol handler.
+
+So far the sans-IO protocol layer: :class:`ServerConnection` (bytes in → events out, broker calls
+in → bytes out), its events, errors, framing and name validation.  The trio session and the broker
+logic (exchanges, queues on the core's subscriptions) build on it.
+"""
+
+from handlers.amqp.connection import (
+    CAPABILITIES,
+    ConnectionState,
+    ServerConnection,
+    ServerSettings,
+)
+from handlers.amqp.errors import (
+    AMQPChannelError,
+    AMQPConnectionError,
+    AMQPError,
+    FrameError,
+    LocalProtocolError,
+    ReplyCode,
+)
+from handlers.amqp.events import (
+    AuthenticationRequest,
+    ChannelClosed,
+    ChannelFlow,
+    ChannelOpened,
+    ConnectionClosed,
+    ConnectionClosing,
+    ConnectionTuned,
+    Event,
+    MethodReceived,
+    Publish,
+    VhostRequest,
+)
+from handlers.amqp.names import NamePolicy
+
+__all__ = [
+    "CAPABILITIES",
+    "AMQPChannelError",
+    "AMQPConnectionError",
+    "AMQPError",
+    "AuthenticationRequest",
+    "ChannelClosed",
+    "ChannelFlow",
+    "ChannelOpened",
+    "ConnectionClosed",
+    "ConnectionClosing",
+    "ConnectionState",
+    "ConnectionTuned",
+    "Event",
+    "FrameError",
+    "LocalProtocolError",
+    "MethodReceived",
+    "NamePolicy",
+    "Publish",
+    "ReplyCode",
+    "ServerConnection",
+    "ServerSettings",
+    "VhostRequest",
+]

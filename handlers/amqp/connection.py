@@ -1,0 +1,703 @@
+"""The server side of an AMQP 0-9-1 connection as a sans-IO state machine.
+
+Theory of operation
+-------------------
+The session feeds received bytes to :meth:`ServerConnection.receive_data`, then calls
+:meth:`~ServerConnection.next_event` until it returns ``None``, reacting to each event, and
+writes whatever :meth:`~ServerConnection.data_to_send` returns.  No trio, no sockets, no clock.
+
+Connection states, in order::
+
+    AWAIT_HEADER ─header ok─▶ AWAIT_START_OK ─start-ok─▶ AUTHENTICATING ─accept_auth()─▶
+    AWAIT_TUNE_OK ─tune-ok─▶ AWAIT_OPEN ─open─▶ VHOST_CHECK ─accept_vhost()─▶ OPEN
+
+``AUTHENTICATING`` and ``VHOST_CHECK`` pause input processing (``next_event`` returns ``None``)
+until the session answers.  From any state a hard error moves to ``CLOSING`` (we sent
+``connection.close`` and only ``close``/``close-ok`` still matter) and then ``CLOSED``; a peer's
+``connection.close`` moves straight to ``CLOSED`` after our ``close-ok``.  A framing error (bad
+end octet, unknown frame type, oversized frame) desynchronises the stream, so it sends
+``connection.close`` 501 and goes straight to ``CLOSED``.  A wrong protocol header is answered
+with our header and ``CLOSED``.
+
+Error codes chosen where the spec leaves room (following RabbitMQ where known):
+
+* frames on a channel that is not open → 504 CHANNEL_ERROR; ``channel.open`` on a number above
+  channel-max → 530 NOT_ALLOWED; ``channel.open`` on an open channel → 504.
+* server-only methods from the client, non-connection methods on channel 0, or connection
+  methods on other channels → 503 COMMAND_INVALID; unknown method ids → 540 NOT_IMPLEMENTED.
+* content frames out of sequence → 505 UNEXPECTED_FRAME; undecodable method arguments → 501.
+* unknown SASL mechanism → 503 (RabbitMQ), bad credentials syntax or rejected login → 403.
+* tune-ok with frame-max below 4096 or above ours, or channel-max above ours → 530; 0 in
+  tune-ok means "take the server's value".  Heartbeat: the lower non-zero of both proposals.
+* ``basic.publish`` with immediate=true and ``basic.qos`` with prefetch-size ≠ 0 → 540, as
+  RabbitMQ.
+* Before tune-ok, incoming frames may be as large as *our* frame-max (the spec says 4096; being
+  lenient costs nothing since the buffer is bounded by frame-max either way).
+
+Time is the session's job: after ``ConnectionTuned`` it should send :meth:`send_heartbeat` every
+``heartbeat_interval / 2`` seconds when idle and call :meth:`timer_expired` if nothing at all was
+received for ``2 * heartbeat_interval`` (or when a handshake or close-ok wait times out).
+
+Heartbeat negotiation takes the lower non-zero of both values, so we send heartbeats even to a
+client whose tune-ok said 0.  Such a client (amqp-tools' default) never sends any, though, so
+a missed-heartbeat deadline is only enforced when :attr:`expects_heartbeats` is true; otherwise
+``timer_expired`` on an open connection is ignored and an idle consumer is not dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+from pamqp import base, commands, common
+
+from handlers.amqp import names
+from handlers.amqp.channel import Channel, ChannelState
+from handlers.amqp.errors import (
+    CHANNEL_CODES,
+    AMQPChannelError,
+    AMQPConnectionError,
+    FrameError,
+    LocalProtocolError,
+    ReplyCode,
+)
+from handlers.amqp.events import (
+    AuthenticationRequest,
+    ChannelClosed,
+    ChannelOpened,
+    ConnectionClosed,
+    ConnectionClosing,
+    ConnectionTuned,
+    Event,
+    MethodReceived,
+    VhostRequest,
+)
+from handlers.amqp.frames import (
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    FRAME_MIN_SIZE,
+    PROTOCOL_HEADER,
+    FrameReader,
+    RawFrame,
+    decode_method,
+    encode_content,
+    encode_heartbeat,
+    encode_method,
+    method_ids,
+)
+from handlers.amqp.sasl import parse_amqplain, parse_plain
+
+_CHANNEL_CLOSE = (20, 40)
+_CHANNEL_CLOSE_OK = (20, 41)
+_CHANNEL_OPEN = (20, 10)
+_CONNECTION_CLOSE = (10, 50)
+_CONNECTION_CLOSE_OK = (10, 51)
+
+CAPABILITIES: common.FieldTable = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+}
+"""Capabilities announced in ``connection.start`` (RabbitMQ's names, which clients check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Limits and identity the broker proposes to every client."""
+
+    channel_max: int = 2047
+    frame_max: int = 131072
+    heartbeat: int = 60
+    max_message_size: int = 16 * 1024 * 1024
+    product: str = "Polystream"
+    version: str = "0.1.0"
+    name_policy: names.NamePolicy = names.NamePolicy.COMPATIBLE
+    max_receive_buffer: int = 256 * 1024
+    max_send_buffer: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.channel_max <= 0xFFFF:
+            raise ValueError("channel_max must be in 1..65535")
+        if self.frame_max < FRAME_MIN_SIZE:
+            raise ValueError(f"frame_max must be >= {FRAME_MIN_SIZE}")
+        if not 0 <= self.heartbeat <= 0xFFFF:
+            raise ValueError("heartbeat must be in 0..65535")
+
+
+class ConnectionState(Enum):
+    """Where the connection is in its lifecycle (see the module docstring)."""
+
+    AWAIT_HEADER = "await-header"
+    AWAIT_START_OK = "await-start-ok"
+    AUTHENTICATING = "authenticating"
+    AWAIT_TUNE_OK = "await-tune-ok"
+    AWAIT_OPEN = "await-open"
+    VHOST_CHECK = "vhost-check"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def _shortstr(text: str) -> str:
+    """Truncate text to fit a shortstr (255 UTF-8 bytes) without splitting a character."""
+    raw = text.encode("utf-8")
+    if len(raw) <= 255:
+        return text
+    return raw[:255].decode("utf-8", "ignore")
+
+
+class ServerConnection:
+    """One client connection, server side.  See the module docstring for the protocol."""
+
+    def __init__(self, settings: ServerSettings | None = None) -> None:
+        self.settings = settings or ServerSettings()
+        self.state = ConnectionState.AWAIT_HEADER
+        self.channel_max = self.settings.channel_max
+        self.frame_max = self.settings.frame_max
+        self.heartbeat_interval = 0
+        """Negotiated heartbeat in seconds (0: disabled); valid after ``ConnectionTuned``."""
+        self.client_heartbeat = 0
+        """The heartbeat the client asked for in tune-ok (0: it will not send heartbeats)."""
+        self.vhost: str | None = None
+        self.username: str | None = None
+        self.client_properties: common.FieldTable = {}
+        self.blocked = False
+        self._reader = FrameReader(self.settings.frame_max, self.settings.max_receive_buffer)
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._events: deque[Event] = deque()
+        self._channels: dict[int, Channel] = {}
+        self._close_code = 0
+        self._close_text = ""
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the client; ``b""`` means the client closed the stream."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        if not data:
+            self._reader.discard()
+            self._finish(0, "connection closed by peer without connection.close", by_peer=True)
+            return
+        self._reader.feed(data)
+
+    def next_event(self) -> Event | None:
+        """The next event, or ``None`` when more data (or a session decision) is needed."""
+        while not self._events:
+            if self.state in (
+                ConnectionState.CLOSED,
+                ConnectionState.AUTHENTICATING,
+                ConnectionState.VHOST_CHECK,
+            ):
+                return None
+            try:
+                if not self._step():
+                    break
+            except FrameError as exc:
+                self._fatal_frame_error(exc)
+            except AMQPConnectionError as exc:
+                self._connection_error(exc)
+        return self._events.popleft() if self._events else None
+
+    # ----------------------------------------------------------------- output
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the client since the last call (possibly ``b""``)."""
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        return data
+
+    def send_method(self, channel: int, method: base.Frame) -> bool:
+        """Queue a method frame for an open channel (or channel 0).
+
+        Returns ``False`` (and sends nothing) when the channel is no longer open, e.g. a late
+        reply after the client closed it; raises :class:`LocalProtocolError` on API misuse.
+        """
+        if not self._can_send(channel, method):
+            return False
+        self._queue(encode_method(channel, method), session=True)
+        return True
+
+    def send_content(
+        self,
+        channel: int,
+        method: base.Frame,
+        properties: commands.Basic.Properties,
+        body: bytes,
+    ) -> bool:
+        """Queue a content-bearing method (basic.deliver/get-ok/return) split at frame-max."""
+        if channel == 0:
+            raise LocalProtocolError("content cannot be sent on channel 0")
+        if not self._can_send(channel, method):
+            return False
+        self._queue(encode_content(channel, method, properties, body, self.frame_max), session=True)
+        return True
+
+    def send_heartbeat(self) -> None:
+        """Queue a heartbeat frame (only once the connection is open)."""
+        if self.state is ConnectionState.OPEN:
+            self._queue(encode_heartbeat())
+
+    def send_blocked(self, reason: str) -> bool:
+        """Tell the client publishing is blocked (only if it announced ``connection.blocked``)."""
+        if self.state is not ConnectionState.OPEN or not self._client_capability(
+            "connection.blocked"
+        ):
+            return False
+        self.blocked = True
+        self._queue(encode_method(0, commands.Connection.Blocked(reason=_shortstr(reason))))
+        return True
+
+    def send_unblocked(self) -> bool:
+        """Lift a previous :meth:`send_blocked`."""
+        if self.state is not ConnectionState.OPEN or not self.blocked:
+            return False
+        self.blocked = False
+        self._queue(encode_method(0, commands.Connection.Unblocked()))
+        return True
+
+    def close_channel(
+        self,
+        channel: int,
+        reply_code: ReplyCode,
+        reply_text: str,
+        class_id: int = 0,
+        method_id: int = 0,
+    ) -> bool:
+        """Close an open channel from the broker side (e.g. 404 from the broker logic).
+
+        ``reply_code`` is 200 or a channel-level code; returns ``False`` if the channel is not
+        open (any more).
+        """
+        if reply_code is not ReplyCode.REPLY_SUCCESS and reply_code not in CHANNEL_CODES:
+            raise LocalProtocolError(f"{reply_code!r} cannot close a channel; use close()")
+        chan = self._channels.get(channel)
+        if chan is None or chan.state is not ChannelState.OPEN:
+            return False
+        self._close_channel(chan, int(reply_code), reply_text, class_id, method_id)
+        return True
+
+    def close(
+        self, reply_code: ReplyCode = ReplyCode.REPLY_SUCCESS, reply_text: str = "Goodbye"
+    ) -> None:
+        """Start closing the connection from the broker side (shutdown, 320 forced close …)."""
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        if self.state is ConnectionState.AWAIT_HEADER:
+            self._finish(int(reply_code), reply_text, by_peer=False)
+            return
+        self._send_close(int(reply_code), reply_text, 0, 0)
+
+    def accept_auth(self) -> None:
+        """Answer an :class:`AuthenticationRequest` positively: ``connection.tune`` is queued."""
+        self._require(ConnectionState.AUTHENTICATING, "accept_auth")
+        self.state = ConnectionState.AWAIT_TUNE_OK
+        tune = commands.Connection.Tune(
+            channel_max=self.settings.channel_max,
+            frame_max=self.settings.frame_max,
+            heartbeat=self.settings.heartbeat,
+        )
+        self._queue(encode_method(0, tune))
+
+    def reject_auth(self, reply_text: str = "Login was refused") -> None:
+        """Refuse the login: ``connection.close`` 403 ACCESS_REFUSED."""
+        self._require(ConnectionState.AUTHENTICATING, "reject_auth")
+        self._connection_error(AMQPConnectionError(ReplyCode.ACCESS_REFUSED, reply_text))
+
+    def accept_vhost(self) -> None:
+        """Answer a :class:`VhostRequest` positively: ``connection.open-ok``; the link is OPEN."""
+        self._require(ConnectionState.VHOST_CHECK, "accept_vhost")
+        self.state = ConnectionState.OPEN
+        self._queue(encode_method(0, commands.Connection.OpenOk()))
+
+    def reject_vhost(self, reply_text: str = "access to vhost refused") -> None:
+        """Refuse the virtual host: ``connection.close`` 530 NOT_ALLOWED."""
+        self._require(ConnectionState.VHOST_CHECK, "reject_vhost")
+        self._connection_error(AMQPConnectionError(ReplyCode.NOT_ALLOWED, reply_text, 10, 40))
+
+    def timer_expired(self) -> None:
+        """The session's deadline passed: heartbeats missed, handshake or close-ok too slow."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        if self.state is ConnectionState.CLOSING:
+            text = f"no close-ok after connection.close ({self._close_text})"
+            self._finish(self._close_code, text, by_peer=False)
+        elif self.state is ConnectionState.OPEN:
+            if not self.expects_heartbeats:
+                return
+            self._finish(0, "missed heartbeats from client", by_peer=False)
+        else:
+            self._finish(0, f"handshake timeout in state {self.state.value}", by_peer=False)
+        self._reader.discard()
+
+    @property
+    def expects_heartbeats(self) -> bool:
+        """Whether the client promised heartbeats, so that silence means it is gone."""
+        return self.heartbeat_interval > 0 and self.client_heartbeat > 0
+
+    @property
+    def open_channels(self) -> frozenset[int]:
+        """Channel numbers currently open (not closing)."""
+        return frozenset(n for n, c in self._channels.items() if c.state is ChannelState.OPEN)
+
+    # --------------------------------------------------------------- internals
+
+    def _require(self, state: ConnectionState, verb: str) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"{verb}() called in state {self.state.value}")
+
+    def _queue(self, data: bytes, *, session: bool = False) -> None:
+        if session and self._out_size > self.settings.max_send_buffer:
+            raise LocalProtocolError(
+                f"{self._out_size} bytes queued: write data_to_send() before sending more"
+            )
+        self._out.append(data)
+        self._out_size += len(data)
+
+    def _can_send(self, channel: int, method: base.Frame) -> bool:
+        if not isinstance(method, base.Frame):
+            raise LocalProtocolError(f"not a pamqp method: {method!r}")
+        if not 0 <= channel <= self.channel_max:
+            raise LocalProtocolError(f"channel {channel} outside 0..{self.channel_max}")
+        is_connection_method = method.index >> 16 == commands.Connection.frame_id
+        if (channel == 0) != is_connection_method:
+            raise LocalProtocolError(f"{method.name} cannot be sent on channel {channel}")
+        if self.state is not ConnectionState.OPEN:
+            return False
+        if channel == 0:
+            return True
+        chan = self._channels.get(channel)
+        return chan is not None and chan.state is ChannelState.OPEN
+
+    def _client_capability(self, name: str) -> bool:
+        caps = self.client_properties.get("capabilities")
+        return isinstance(caps, dict) and bool(caps.get(name))
+
+    def _step(self) -> bool:
+        """Process one unit of input; False when more bytes are needed."""
+        if self.state is ConnectionState.AWAIT_HEADER:
+            return self._handle_protocol_header()
+        frame = self._reader.next_frame()
+        if frame is None:
+            return False
+        if frame.frame_type == FRAME_HEARTBEAT:
+            if frame.channel != 0:
+                raise AMQPConnectionError(
+                    ReplyCode.FRAME_ERROR, f"heartbeat frame on channel {frame.channel}"
+                )
+            return True
+        if self.state is ConnectionState.CLOSING:
+            self._handle_closing(frame)
+        elif self.state is ConnectionState.OPEN:
+            if frame.channel == 0:
+                self._handle_channel_zero(frame)
+            else:
+                self._handle_channel_frame(frame)
+        else:
+            self._handle_handshake(frame)
+        return True
+
+    def _handle_protocol_header(self) -> bool:
+        head = self._reader.read_protocol_header()
+        if head is None:
+            return False
+        if head != PROTOCOL_HEADER:
+            self._queue(PROTOCOL_HEADER)
+            self._reader.discard()
+            self._finish(
+                int(ReplyCode.FRAME_ERROR),
+                f"unsupported protocol header {head!r}; answered with AMQP 0-9-1",
+                by_peer=False,
+            )
+            return True
+        self.state = ConnectionState.AWAIT_START_OK
+        server_properties: common.FieldTable = {
+            "product": self.settings.product,
+            "version": self.settings.version,
+            "platform": "Python/trio",
+            "information": "Polystream multi-protocol gateway",
+            "capabilities": dict(CAPABILITIES),
+        }
+        start = commands.Connection.Start(
+            version_major=0,
+            version_minor=9,
+            server_properties=server_properties,
+            mechanisms="PLAIN AMQPLAIN",
+            locales="en_US",
+        )
+        self._queue(encode_method(0, start))
+        return True
+
+    # handshake ---------------------------------------------------------------
+
+    def _handle_handshake(self, frame: RawFrame) -> None:
+        if frame.frame_type != FRAME_METHOD or frame.channel != 0:
+            raise AMQPConnectionError(
+                ReplyCode.COMMAND_INVALID,
+                f"frame type {frame.frame_type} on channel {frame.channel} during handshake "
+                f"({self.state.value})",
+            )
+        method = decode_method(frame.payload)
+        if isinstance(method, commands.Connection.Close):
+            self._peer_close(method)
+            return
+        if self.state is ConnectionState.AWAIT_START_OK and isinstance(
+            method, commands.Connection.StartOk
+        ):
+            self._handle_start_ok(method)
+        elif self.state is ConnectionState.AWAIT_TUNE_OK and isinstance(
+            method, commands.Connection.TuneOk
+        ):
+            self._handle_tune_ok(method)
+        elif self.state is ConnectionState.AWAIT_OPEN and isinstance(
+            method, commands.Connection.Open
+        ):
+            self.vhost = method.virtual_host
+            self.state = ConnectionState.VHOST_CHECK
+            self._events.append(VhostRequest(method.virtual_host))
+        else:
+            raise AMQPConnectionError(
+                ReplyCode.COMMAND_INVALID,
+                f"unexpected {method.name} in state {self.state.value}",
+                method.index >> 16,
+                method.index & 0xFFFF,
+            )
+
+    def _handle_start_ok(self, method: commands.Connection.StartOk) -> None:
+        names.check_table(method.client_properties, 10, 11)
+        self.client_properties = dict(method.client_properties or {})
+        response = method.response
+        raw = response.encode("utf-8") if isinstance(response, str) else bytes(response or b"")
+        mechanism: Literal["PLAIN", "AMQPLAIN"]
+        if method.mechanism == "PLAIN":
+            mechanism = "PLAIN"
+            username, password = parse_plain(raw)
+        elif method.mechanism == "AMQPLAIN":
+            mechanism = "AMQPLAIN"
+            username, password = parse_amqplain(raw)
+        else:
+            raise AMQPConnectionError(
+                ReplyCode.COMMAND_INVALID,
+                f"unknown authentication mechanism {method.mechanism!r}",
+                10,
+                11,
+            )
+        self.username = username
+        self.state = ConnectionState.AUTHENTICATING
+        self._events.append(
+            AuthenticationRequest(
+                mechanism=mechanism,
+                username=username,
+                password=password,
+                client_properties=self.client_properties,
+                locale=method.locale,
+            )
+        )
+
+    def _handle_tune_ok(self, method: commands.Connection.TuneOk) -> None:
+        ours = self.settings
+        channel_max = method.channel_max or ours.channel_max
+        if channel_max > ours.channel_max:
+            raise AMQPConnectionError(
+                ReplyCode.NOT_ALLOWED,
+                f"channel_max={channel_max} > {ours.channel_max} max channels",
+                10,
+                31,
+            )
+        frame_max = method.frame_max or ours.frame_max
+        if frame_max < FRAME_MIN_SIZE or frame_max > ours.frame_max:
+            raise AMQPConnectionError(
+                ReplyCode.NOT_ALLOWED,
+                f"frame_max={frame_max} outside {FRAME_MIN_SIZE}..{ours.frame_max}",
+                10,
+                31,
+            )
+        offers = [h for h in (ours.heartbeat, method.heartbeat) if h]
+        self.channel_max = channel_max
+        self.frame_max = frame_max
+        self.heartbeat_interval = min(offers) if offers else 0
+        self.client_heartbeat = method.heartbeat
+        self._reader.frame_max = frame_max
+        self.state = ConnectionState.AWAIT_OPEN
+        self._events.append(ConnectionTuned(channel_max, frame_max, self.heartbeat_interval))
+
+    # open connection -----------------------------------------------------------
+
+    def _handle_channel_zero(self, frame: RawFrame) -> None:
+        if frame.frame_type != FRAME_METHOD:
+            raise AMQPConnectionError(
+                ReplyCode.UNEXPECTED_FRAME, f"frame type {frame.frame_type} on channel 0"
+            )
+        method = decode_method(frame.payload)
+        if isinstance(method, commands.Connection.Close):
+            self._peer_close(method)
+        elif isinstance(method, commands.Connection.UpdateSecret):
+            self._events.append(MethodReceived(0, method))
+        else:
+            raise AMQPConnectionError(
+                ReplyCode.COMMAND_INVALID,
+                f"{method.name} is not allowed on channel 0 of an open connection",
+                method.index >> 16,
+                method.index & 0xFFFF,
+            )
+
+    def _handle_channel_frame(self, frame: RawFrame) -> None:
+        number = frame.channel
+        chan = self._channels.get(number)
+        ids = method_ids(frame.payload) if frame.frame_type == FRAME_METHOD else None
+        if chan is None:
+            if ids != _CHANNEL_OPEN:
+                raise AMQPConnectionError(
+                    ReplyCode.CHANNEL_ERROR,
+                    f"frame type {frame.frame_type} on channel {number}, which is not open",
+                    *(ids or (0, 0)),
+                )
+            if number > self.channel_max:
+                raise AMQPConnectionError(
+                    ReplyCode.NOT_ALLOWED,
+                    f"channel {number} above negotiated channel_max {self.channel_max}",
+                    20,
+                    10,
+                )
+            decode_method(frame.payload)
+            self._channels[number] = Channel(
+                number,
+                max_message_size=self.settings.max_message_size,
+                name_policy=self.settings.name_policy,
+                reply=self._reply,
+            )
+            self._queue(encode_method(number, commands.Channel.OpenOk()))
+            self._events.append(ChannelOpened(number))
+            return
+        if chan.state is ChannelState.CLOSING:
+            self._handle_closing_channel(chan, frame, ids)
+            return
+        try:
+            event = self._dispatch(chan, frame, ids)
+        except AMQPChannelError as exc:
+            self._close_channel(
+                chan, int(exc.reply_code), exc.reply_text, exc.class_id, exc.method_id
+            )
+            return
+        if event is not None:
+            self._events.append(event)
+
+    def _dispatch(
+        self, chan: Channel, frame: RawFrame, ids: tuple[int, int] | None
+    ) -> Event | None:
+        if frame.frame_type == FRAME_HEADER:
+            return chan.handle_header(frame.payload)
+        if frame.frame_type == FRAME_BODY:
+            return chan.handle_body(frame.payload)
+        method = decode_method(frame.payload)
+        class_id, method_id = ids or (0, 0)
+        if chan.assembling:
+            raise AMQPConnectionError(
+                ReplyCode.UNEXPECTED_FRAME,
+                f"expected content frame on channel {chan.number}, got {method.name}",
+                class_id,
+                method_id,
+            )
+        if class_id == commands.Connection.frame_id:
+            raise AMQPConnectionError(
+                ReplyCode.COMMAND_INVALID,
+                f"{method.name} on channel {chan.number} (connection methods use channel 0)",
+                class_id,
+                method_id,
+            )
+        if isinstance(method, commands.Channel.Open):
+            raise AMQPConnectionError(
+                ReplyCode.CHANNEL_ERROR, f"channel {chan.number} is already open", 20, 10
+            )
+        if isinstance(method, commands.Channel.Close):
+            del self._channels[chan.number]
+            self._queue(encode_method(chan.number, commands.Channel.CloseOk()))
+            return ChannelClosed(
+                chan.number, method.reply_code or 0, method.reply_text or "", by_peer=True
+            )
+        if isinstance(method, commands.Channel.CloseOk):
+            raise AMQPConnectionError(
+                ReplyCode.COMMAND_INVALID,
+                f"channel.close-ok on channel {chan.number}, which we did not close",
+                20,
+                41,
+            )
+        return chan.handle_method(method)
+
+    def _handle_closing_channel(
+        self, chan: Channel, frame: RawFrame, ids: tuple[int, int] | None
+    ) -> None:
+        # Spec 4.2.4: after sending channel.close, discard everything but close and close-ok.
+        if ids == _CHANNEL_CLOSE:
+            decode_method(frame.payload)
+            self._queue(encode_method(chan.number, commands.Channel.CloseOk()))
+        elif ids == _CHANNEL_CLOSE_OK:
+            del self._channels[chan.number]
+            self._events.append(
+                ChannelClosed(chan.number, chan.close_code, chan.close_text, by_peer=False)
+            )
+
+    def _handle_closing(self, frame: RawFrame) -> None:
+        if frame.channel != 0 or frame.frame_type != FRAME_METHOD:
+            return
+        ids = method_ids(frame.payload)
+        if ids == _CONNECTION_CLOSE:
+            self._queue(encode_method(0, commands.Connection.CloseOk()))
+            self._finish(self._close_code, self._close_text, by_peer=False)
+        elif ids == _CONNECTION_CLOSE_OK:
+            self._finish(self._close_code, self._close_text, by_peer=False)
+
+    # closing -------------------------------------------------------------------
+
+    def _reply(self, channel: int, method: base.Frame) -> None:
+        self._queue(encode_method(channel, method))
+
+    def _peer_close(self, method: commands.Connection.Close) -> None:
+        self._queue(encode_method(0, commands.Connection.CloseOk()))
+        self._finish(method.reply_code or 0, method.reply_text or "", by_peer=True)
+
+    def _close_channel(
+        self, chan: Channel, code: int, text: str, class_id: int, method_id: int
+    ) -> None:
+        chan.start_closing(code, text)
+        close = commands.Channel.Close(
+            reply_code=code, reply_text=_shortstr(text), class_id=class_id, method_id=method_id
+        )
+        self._queue(encode_method(chan.number, close))
+
+    def _send_close(self, code: int, text: str, class_id: int, method_id: int) -> None:
+        close = commands.Connection.Close(
+            reply_code=code, reply_text=_shortstr(text), class_id=class_id, method_id=method_id
+        )
+        self._queue(encode_method(0, close))
+        self._close_code = code
+        self._close_text = text
+        self.state = ConnectionState.CLOSING
+        self._channels.clear()
+
+    def _connection_error(self, exc: AMQPConnectionError) -> None:
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        self._send_close(int(exc.reply_code), exc.reply_text, exc.class_id, exc.method_id)
+        self._events.append(ConnectionClosing(exc.reply_code, exc.reply_text))
+
+    def _fatal_frame_error(self, exc: FrameError) -> None:
+        self._reader.discard()
+        if self.state is not ConnectionState.CLOSING:
+            self._send_close(int(exc.reply_code), exc.reply_text, 0, 0)
+        self._finish(int(exc.reply_code), exc.reply_text, by_peer=False)
+
+    def _finish(self, code: int, text: str, *, by_peer: bool) -> None:
+        self.state = ConnectionState.CLOSED
+        self._channels.clear()
+        self._events.append(ConnectionClosed(code, text, by_peer))
