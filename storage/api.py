@@ -5,7 +5,7 @@ Storage knows bytes, not protocols.  It offers two things:
 * :class:`PartitionLog` — an append-only sequence of entries.  Each entry has a
   storage *position* (the backend's own contiguous numbering, starting at 0 and
   never reused), a caller-supplied *key* (a non-negative integer that must grow
-  strictly from entry to entry; the core puts the first offset of the batch
+  strictly from entry to entry; the core puts the offset of the batch's last record
   here) and a caller-supplied *timestamp* in milliseconds (non-decreasing; the
   core puts the broker publish time here).  Positions are storage bookkeeping:
   offsets that clients see never come from them.

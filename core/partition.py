@@ -1,0 +1,274 @@
+"""One open partition: offset assignment, high watermark, reads and waits.
+
+How offsets work
+----------------
+The core, not storage, numbers records.  Each appended batch becomes one log
+entry whose broker entry metadata ``index`` is the offset of its first record;
+``next_offset`` then grows by the batch's record count.
+
+The storage *key* of an entry is the offset of the batch's **last** record.
+Keys grow strictly, and ``log.last_key`` survives retention, so after a restart
+``next_offset = last_key + 1`` even when retention has dropped every entry; no
+extra metadata write is needed.  To find the entry holding offset ``o``, take
+the entry after the last one whose key is ``<= o - 1``.
+
+Offsets are assigned and ``log.append`` is called with no checkpoint in
+between, so appends reach the log in offset order and pipelined appends to one
+partition share a group commit.
+
+The high watermark is the end of acknowledged data: appends complete out of
+order, so in-flight appends are kept in a FIFO and the watermark moves over its
+completed prefix only.  Reads stop at the watermark.
+
+The storage call is shielded from cancellation: a producer that goes away
+mid-append still gets its entries written, so offsets never have holes.  A
+storage failure during an append leaves the partition *failed*: the watermark
+stops and later appends raise :class:`PartitionUnavailable` until every
+in-flight append has finished; then offsets and watermark are reset from the
+log (``last_key + 1``), which holds exactly the appends that succeeded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from core.batch import BatchInfo
+from core.entry import build_entry, decode_entry
+from core.errors import OffsetOutOfRange, PartitionUnavailable, UnknownTopic
+from core.names import TopicName
+from storage.api import (
+    EntryIn,
+    LogClosedError,
+    PartitionLog,
+    PositionOutOfRangeError,
+    RetentionPolicy,
+    StorageError,
+)
+
+_READ_RETRIES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed: offsets of its first and last record, and the broker time."""
+
+    base_offset: int
+    last_offset: int
+    broker_timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEntry:
+    """One stored batch; ``batch`` is its v2 bytes with the base offset already set."""
+
+    base_offset: int
+    last_offset: int
+    broker_timestamp: int
+    batch: memoryview
+
+    @property
+    def record_count(self) -> int:
+        return self.last_offset - self.base_offset + 1
+
+
+class _Pending:
+    __slots__ = ("done", "end")
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.done = False
+
+
+class Partition:
+    """The runtime state of one partition of an open topic."""
+
+    def __init__(self, topic: TopicName, number: int, log: PartitionLog) -> None:
+        self.topic = topic
+        self.number = number
+        self.log = log
+        self.next_offset = 0
+        self.high_watermark = 0
+        self._last_broker_ts = 0
+        self._pending: deque[_Pending] = deque()
+        self._data_event: trio.Event | None = None
+        self._failed = False
+        self._closed = False
+        self._earliest_cache: tuple[int, int] = (-1, 0)  # (start position, offset)
+
+    @classmethod
+    async def open(cls, topic: TopicName, number: int, log: PartitionLog) -> Partition:
+        """Wrap ``log`` and recover ``next_offset`` and the broker time from it."""
+        partition = cls(topic, number, log)
+        await partition._recover()
+        return partition
+
+    async def _recover(self) -> None:
+        self._reset_from_log()
+        end = self.log.end_position
+        if end > self.log.start_position:
+            (last,) = await self.log.read(end - 1, 1, max_entries=1)
+            self._last_broker_ts = max(self._last_broker_ts, last.timestamp_ms)
+
+    def _reset_from_log(self) -> None:
+        # Synchronous, so a concurrent append never sees half-recovered state.
+        last_key = self.log.last_key
+        self.next_offset = 0 if last_key is None else last_key + 1
+        self._failed = False
+        self._set_high_watermark(self.next_offset)
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    async def append(self, batches: list[BatchInfo], now_ms: int) -> AppendResult:
+        """Store validated batches as one entry each; return once durable per policy."""
+        if self._closed:
+            raise UnknownTopic(f"{self.topic} was deleted")
+        if self._failed:
+            if self._pending:
+                raise PartitionUnavailable(f"{self.topic} partition {self.number} is recovering")
+            self._reset_from_log()
+        # From here to log.append: no checkpoint (offset order == log order).
+        broker_ts = self._last_broker_ts = max(now_ms, self._last_broker_ts)
+        base = offset = self.next_offset
+        entries = []
+        for batch in batches:
+            last = offset + batch.last_offset_delta
+            entries.append(EntryIn(last, broker_ts, build_entry(offset, broker_ts, batch.view)))
+            offset = last + 1
+        self.next_offset = offset
+        slot = _Pending(offset)
+        self._pending.append(slot)
+        try:
+            # Shielded: once offsets are assigned the append must finish, or a
+            # cancelled producer would leave a hole the watermark cannot pass.
+            with trio.CancelScope(shield=True):
+                await self.log.append(entries)
+        except LogClosedError:
+            self._failed = True
+            self._drop_pending(slot)
+            raise UnknownTopic(f"{self.topic} was deleted") from None
+        except StorageError as exc:
+            self._failed = True
+            self._drop_pending(slot)
+            raise PartitionUnavailable(f"{self.topic} partition {self.number}: {exc}") from exc
+        except BaseException:
+            self._failed = True
+            self._drop_pending(slot)
+            raise
+        slot.done = True
+        self._advance()
+        return AppendResult(base, offset - 1, broker_ts)
+
+    def _drop_pending(self, slot: _Pending) -> None:
+        # After a failure the watermark stays where it is until recovery.
+        self._pending.remove(slot)
+        self._advance()
+
+    def _advance(self) -> None:
+        pending = self._pending
+        hw = self.high_watermark
+        while pending and pending[0].done:
+            end = pending.popleft().end
+            if not self._failed:
+                hw = end
+        if self._failed and not pending:
+            self._reset_from_log()  # every in-flight append is over: the log is the truth
+        else:
+            self._set_high_watermark(hw)
+
+    def _set_high_watermark(self, hw: int) -> None:
+        if hw != self.high_watermark:
+            self.high_watermark = hw
+            event, self._data_event = self._data_event, None
+            if event is not None:
+                event.set()
+
+    async def wait_for_data(self, offset: int) -> None:
+        """Return once the high watermark is above ``offset`` (no polling)."""
+        while self.high_watermark <= offset:
+            if self._closed:
+                raise UnknownTopic(f"{self.topic} was deleted")
+            if self._data_event is None:
+                self._data_event = trio.Event()
+            await self._data_event.wait()
+
+    async def earliest_offset(self) -> int:
+        """Offset of the first record still stored (== high watermark when none)."""
+        for _ in range(_READ_RETRIES):
+            start = self.log.start_position
+            if start >= self.log.end_position:
+                return self.high_watermark
+            if self._earliest_cache[0] == start:
+                return self._earliest_cache[1]
+            try:
+                first = await self.log.read(start, 1, max_entries=1)
+            except PositionOutOfRangeError:
+                continue
+            offset = min(decode_entry(first[0].data).index, self.high_watermark)
+            self._earliest_cache = (start, offset)
+            return offset
+        raise PartitionUnavailable("retention kept moving the start of the log")
+
+    async def read(self, offset: int, max_bytes: int) -> list[ReadEntry]:
+        """Entries from the one holding ``offset``, up to ``max_bytes`` (at least one).
+
+        Stops at the high watermark.  Raises :class:`OffsetOutOfRange` when
+        ``offset`` is past the watermark or before the earliest stored offset.
+        """
+        hw = self.high_watermark
+        if offset == hw:
+            return []
+        if offset > hw or offset < 0:
+            raise OffsetOutOfRange(offset, await self.earliest_offset(), hw)
+        for _ in range(_READ_RETRIES):
+            log = self.log
+            start = log.start_position
+            floor = await log.floor_position(offset - 1) if offset > 0 else None
+            position = start if floor is None else max(floor + 1, start)
+            try:
+                stored = await log.read(position, max_bytes)
+            except PositionOutOfRangeError:
+                continue
+            out: list[ReadEntry] = []
+            for item in stored:
+                if item.key >= hw:
+                    break
+                entry = decode_entry(item.data)
+                out.append(ReadEntry(entry.index, item.key, entry.broker_timestamp, entry.batch))
+            if not out or out[0].base_offset > offset:
+                # retention dropped the entry holding ``offset``
+                raise OffsetOutOfRange(offset, await self.earliest_offset(), hw)
+            return out
+        raise PartitionUnavailable("retention kept moving the start of the log")
+
+    async def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """First offset of the first entry with broker time >= ``timestamp_ms``, else None."""
+        for _ in range(_READ_RETRIES):
+            position = await self.log.position_for_timestamp(timestamp_ms)
+            if position >= self.log.end_position:
+                return None
+            try:
+                found = await self.log.read(position, 1, max_entries=1)
+            except PositionOutOfRangeError:
+                continue
+            if not found or found[0].key >= self.high_watermark:
+                return None
+            return decode_entry(found[0].data).index
+        raise PartitionUnavailable("retention kept moving the start of the log")
+
+    async def apply_retention(self, policy: RetentionPolicy, now_ms: int) -> int:
+        """Drop whole segments past ``policy``; return how many entries went."""
+        if policy.max_age_ms is None and policy.max_bytes is None:
+            return 0
+        return await self.log.apply_retention(policy, now_ms)
+
+    def close(self) -> None:
+        """Mark closed (topic deleted or core shut down) and wake every waiter."""
+        self._closed = True
+        event, self._data_event = self._data_event, None
+        if event is not None:
+            event.set()
