@@ -22,7 +22,7 @@ A configuration file is optional; every setting has a default::
     name = "kafka"                        # listener name (defaults to the handler name)
     handler = "kafka"
     host = "0.0.0.0"
-    port = 9092
+    port = 9092                           # default: the handler's own default port
     max_connections = 10000
 
     [handlers.kafka]                      # free-form settings passed to the handler
@@ -53,7 +53,8 @@ class ListenerConfig:
     name: str
     handler: str
     host: str = "0.0.0.0"
-    port: int = 0
+    # None: the handler's own ``default_port`` (resolved by the registry)
+    port: int | None = None
     max_connections: int = 10_000
 
 
@@ -92,12 +93,41 @@ class Config:
         return dict(self.handlers.get(name, {}))
 
 
+_TYPE_NAMES: dict[type, str] = {
+    str: "a string", int: "an integer", float: "a number", bool: "true or false",
+    dict: "a table", list: "an array",
+}
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        return "a number"
+    return " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+
+
+def _toml_type(value: Any) -> str:
+    for kind in (bool, int, float, str, dict, list):
+        if isinstance(value, kind):
+            return _TYPE_NAMES[kind]
+    return type(value).__name__
+
+
 def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
-    if isinstance(value, bool) and kind is int:
-        raise ConfigError(f"{where}: expected int, got bool")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where}: expected {kind}, got {type(value).__name__}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {_toml_type(value)} "
+                          f"({value!r})")
     return value
+
+
+def _expect_range(value: int | float, where: str, *, minimum: float,
+                  maximum: float | None = None) -> None:
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum:g}" if maximum is None else f"{minimum:g}..{maximum:g}"
+        raise ConfigError(f"{where}: must be {bound}, got {value!r}")
 
 
 def parse_host_port(text: str, where: str) -> tuple[str, int]:
@@ -132,6 +162,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Config
         cfg = replace(cfg, durability=policy)
     if "shutdown_grace_s" in data:
         grace = _expect(data["shutdown_grace_s"], (int, float), "shutdown_grace_s")
+        _expect_range(grace, "shutdown_grace_s", minimum=0)
         cfg = replace(cfg, shutdown_grace_s=float(grace))
     core = cfg.core
     core_data = dict(_expect(data.get("core", {}), dict, "core"))
@@ -154,19 +185,28 @@ def config_from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Config
             extra = set(item) - {"name", "handler", "host", "port", "max_connections"}
             if extra:
                 raise ConfigError(f"{where}: unknown settings {', '.join(sorted(extra))}")
+            if "handler" not in item and "name" not in item:
+                raise ConfigError(f'{where}: needs handler = "<handler name>"')
             handler = _expect(item.get("handler", item.get("name")), str, f"{where}.handler")
             name = _expect(item.get("name", handler), str, f"{where}.name")
-            port = _expect(item.get("port", DEFAULT_PORTS.get(handler, 0)), int, f"{where}.port")
+            port: int | None = None
+            if "port" in item:
+                port = _expect(item["port"], int, f"{where}.port")
+                _expect_range(port, f"{where}.port", minimum=0, maximum=65535)
+            max_connections = _expect(item.get("max_connections", 10_000), int,
+                                      f"{where}.max_connections")
+            _expect_range(max_connections, f"{where}.max_connections", minimum=1)
             listeners.append(ListenerConfig(
                 name=name, handler=handler,
                 host=_expect(item.get("host", "0.0.0.0"), str, f"{where}.host"),
                 port=port,
-                max_connections=_expect(item.get("max_connections", 10_000), int,
-                                        f"{where}.max_connections"),
+                max_connections=max_connections,
             ))
         names = [lc.name for lc in listeners]
-        if len(set(names)) != len(names):
-            raise ConfigError("listeners: names must be unique")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"listeners: names must be unique; repeated: {', '.join(duplicates)}"
+                              " (set name = \"...\" to tell listeners of one handler apart)")
         cfg = replace(cfg, listeners=tuple(listeners))
     if "handlers" in data:
         handlers = _expect(data["handlers"], dict, "handlers")

@@ -64,6 +64,10 @@ class HandlerContext:
     settings: dict[str, Any]
     nursery: trio.Nursery
     listeners: list[ListenerAddress] = field(default_factory=list)
+    #: set when shutdown begins: listeners stop accepting, and open connections have
+    #: ``shutdown_grace_s`` to finish.  Sessions watch it to say goodbye in their protocol
+    #: (MQTT DISCONNECT 0x8B, AMQP connection.close 320, ...) instead of idling out the grace.
+    stopping: trio.Event = field(default_factory=trio.Event)
 
 
 class ProtocolHandler(ABC):
