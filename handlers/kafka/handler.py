@@ -1,0 +1,161 @@
+"""The Kafka protocol handler: settings, cluster identity, and one session per connection.
+
+Settings (``[handlers.kafka]`` in the configuration file)::
+
+    advertised_host = "kafka.example.com"  # default: the listener's bound host
+                                           # (127.0.0.1 when bound to 0.0.0.0 / ::)
+    advertised_port = 9092                 # default: the listener's bound port
+    max_request_bytes = 104857600          # larger request frames close the connection
+    max_in_flight = 16                     # requests queued per connection
+    namespace = "public/default"           # where Kafka topics live (default: the core's)
+    num_partitions = 1                     # partitions of auto-created topics
+
+The cluster id is created once and kept in the metadata store under ``kafka/cluster-id``, so
+it survives restarts (clients compare it across metadata responses).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
+
+import trio
+
+from core.errors import CoreError
+from core.handler import ConnectionInfo, HandlerContext, ListenerAddress, ProtocolHandler
+from core.listeners import format_host_port
+from core.names import NamespaceName
+from core.topics import check_partition_count
+from handlers.kafka.framing import DEFAULT_MAX_REQUEST_SIZE
+from handlers.kafka.service import ServiceContext
+from handlers.kafka.session import DEFAULT_MAX_IN_FLIGHT, KafkaSession
+from storage.api import MetadataStore, VersionConflictError
+
+__all__ = ["CLUSTER_ID_KEY", "KafkaHandler", "KafkaSettings"]
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ID_KEY = "kafka/cluster-id"
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """The handler's settings (see the module docstring); :meth:`parse` validates them."""
+
+    advertised_host: str | None = None
+    advertised_port: int | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_SIZE
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    namespace: str | None = None
+    num_partitions: int = 1
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> KafkaSettings:
+        """Build settings from the ``[handlers.kafka]`` table; ValueError names a bad key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown kafka handler settings: {', '.join(unknown)}")
+        for key in ("advertised_host", "namespace"):
+            if key in raw and not isinstance(raw[key], str):
+                raise ValueError(f"handlers.kafka.{key}: expected a string, got {raw[key]!r}")
+        limits = {"advertised_port": (1, 65535), "max_request_bytes": (1, 0x7FFFFFFF),
+                  "max_in_flight": (1, 10_000), "num_partitions": (1, 10_000)}
+        for key, (low, high) in limits.items():
+            if key not in raw:
+                continue
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"handlers.kafka.{key}: expected an integer in {low}..{high}, "
+                                 f"got {value!r}")
+        settings = cls(**raw)
+        if settings.namespace is not None:
+            NamespaceName.parse(settings.namespace)  # raises InvalidName (a ValueError)
+        check_partition_count(settings.num_partitions)
+        return settings
+
+
+class KafkaHandler(ProtocolHandler):
+    """Serves the Kafka wire protocol (ApiVersions, Metadata, Produce, Fetch, ListOffsets)."""
+
+    name: ClassVar[str] = "kafka"
+    default_port: ClassVar[int] = 9092
+
+    def __init__(self) -> None:
+        self.settings = KafkaSettings()
+        self._context: HandlerContext | None = None
+        self._base: ServiceContext | None = None
+        self._by_listener: dict[str, ServiceContext] = {}
+
+    async def start(self, context: HandlerContext) -> None:
+        """Validate settings, load (or create) the cluster id, prepare the service context."""
+        self.settings = settings = KafkaSettings.parse(context.settings)
+        core = context.core
+        namespace = settings.namespace or (
+            f"{core.settings.default_tenant}/{core.settings.default_namespace}")
+        try:
+            await core.namespace_policies(namespace)
+        except CoreError as exc:
+            log.warning("kafka: namespace %s is not usable (%s): Kafka topics cannot be "
+                        "created until it exists", namespace, exc)
+        cluster_id = await load_cluster_id(core.storage.metadata)
+        host, port = self._advertised(context.listeners[0] if context.listeners else None)
+        self._context = context
+        self._base = ServiceContext(
+            core=core, namespace=namespace, cluster_id=cluster_id, advertised_host=host,
+            advertised_port=port, num_partitions=settings.num_partitions,
+            stopping=context.stopping)
+        self._by_listener = {}
+        for listener in context.listeners:
+            if listener.name not in self._by_listener:  # a listener's first socket
+                host, port = self._advertised(listener)
+                self._by_listener[listener.name] = replace(
+                    self._base, advertised_host=host, advertised_port=port)
+        for name, ctx in self._by_listener.items():
+            log.info("kafka listener %s advertises %s (cluster id %s, namespace %s)", name,
+                     format_host_port(ctx.advertised_host, ctx.advertised_port), cluster_id,
+                     namespace)
+
+    def _advertised(self, listener: ListenerAddress | None) -> tuple[str, int]:
+        host = self.settings.advertised_host
+        port = self.settings.advertised_port
+        if host is None:
+            bound = listener.host if listener is not None else "127.0.0.1"
+            host = "127.0.0.1" if bound in _WILDCARD_HOSTS else bound
+        if port is None:
+            port = listener.port if listener is not None else self.default_port
+        return host, port
+
+    async def serve(self, stream: trio.abc.Stream, conn: ConnectionInfo) -> None:
+        """Run a :class:`KafkaSession` on the connection until it ends."""
+        if self._base is None:
+            raise RuntimeError("KafkaHandler.serve() before start()")
+        ctx = self._by_listener.get(conn.listener, self._base)
+        session = KafkaSession(
+            stream, ctx, peer=format_host_port(conn.peer_host, conn.peer_port),
+            max_request_bytes=self.settings.max_request_bytes,
+            max_in_flight=self.settings.max_in_flight)
+        await session.run()
+
+
+async def load_cluster_id(metadata: MetadataStore) -> str:
+    """The cluster id stored under :data:`CLUSTER_ID_KEY`, created on first use.
+
+    A new id is 16 random bytes in URL-safe base64 without padding (22 characters), the form
+    Apache Kafka uses.
+    """
+    for _ in range(4):
+        found = await metadata.get(CLUSTER_ID_KEY)
+        if found is not None:
+            return found.value.decode("ascii")
+        new = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=")
+        try:
+            await metadata.put(CLUSTER_ID_KEY, new, expected_version=0)
+        except VersionConflictError:
+            continue  # created concurrently: read it back
+        return new.decode("ascii")
+    raise RuntimeError(f"could not read or create {CLUSTER_ID_KEY}")

@@ -1,0 +1,70 @@
+"""The Kafka APIs, one module each, and the table that dispatches requests to them.
+
+Every module exposes ``async def handle(ctx: ServiceContext, request: KafkaRequest) -> Reply``
+(see :mod:`handlers.kafka.service.context`).  The table covers exactly the APIs in
+:data:`handlers.kafka.apis.SUPPORTED_APIS`; the codec refuses every other request before it
+gets here.
+
+:func:`dispatch` follows trio's ``nursery.start`` protocol so the session can pipeline
+requests: ``task_status.started()`` is called once the requests that follow may start.  Only
+Produce is order-sensitive (its appends must get offsets in request order), so only Produce
+receives the task status; for every other API it is called before the service runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+
+import trio
+
+from handlers.kafka.apis import ApiKey
+from handlers.kafka.codec import KafkaRequest
+from handlers.kafka.service import api_versions, fetch, list_offsets, metadata, produce
+from handlers.kafka.service.context import (
+    NO_RESPONSE,
+    CloseConnection,
+    NoResponse,
+    Reply,
+    ServiceContext,
+)
+
+__all__ = [
+    "NO_RESPONSE",
+    "SERVICES",
+    "CloseConnection",
+    "NoResponse",
+    "Reply",
+    "Service",
+    "ServiceContext",
+    "dispatch",
+]
+
+Service = Callable[[ServiceContext, KafkaRequest], Awaitable[Reply]]
+
+SERVICES: Mapping[int, Service] = MappingProxyType({
+    int(ApiKey.Produce): produce.handle,
+    int(ApiKey.Fetch): fetch.handle,
+    int(ApiKey.ListOffsets): list_offsets.handle,
+    int(ApiKey.Metadata): metadata.handle,
+    int(ApiKey.ApiVersions): api_versions.handle,
+})
+"""api_key -> the coroutine function that serves it."""
+
+
+async def dispatch(
+    ctx: ServiceContext, request: KafkaRequest,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> Reply:
+    """Serve one decoded request; return its response body or :data:`NO_RESPONSE`.
+
+    ``task_status.started()`` is called once the next request may start (see the module
+    docstring); it is not called if the service raises first.  Raises
+    :class:`CloseConnection` when Kafka would close the connection instead, and KeyError for
+    an API without a service (the codec's table and ``SERVICES`` disagree).
+    """
+    service = SERVICES[request.api_key]
+    if request.api_key == ApiKey.Produce:
+        return await produce.handle(ctx, request, task_status=task_status)
+    task_status.started()
+    return await service(ctx, request)
