@@ -15,7 +15,7 @@ Decisions:
 * Declaring (non-passively) an exchange or queue whose name starts with ``amq.`` is refused
   with 403 ACCESS_REFUSED, a channel error, as RabbitMQ does.  Declaring or deleting the default
   exchange (empty name) is also 403.
-* Field tables: keys must be non-empty and at most 128 characters (spec 4.2.5.5 guideline) and
+* Field tables: keys must be non-empty and at most 128 bytes of UTF-8 (spec 4.2.5.5 guideline) and
   nesting is capped at :data:`MAX_TABLE_DEPTH`; violations are 502 SYNTAX_ERROR connection
   errors, which is what the spec prescribes for bad field names.
 """
@@ -114,7 +114,8 @@ def _check_table(
             method_id,
         )
     for key, value in table.items():
-        if not key or len(key) > TABLE_KEY_MAX:
+        # pamqp writes keys cut at 128 *bytes*: count bytes so nothing is silently truncated
+        if not key or len(key.encode("utf-8", "surrogateescape")) > TABLE_KEY_MAX:
             raise AMQPConnectionError(
                 ReplyCode.SYNTAX_ERROR,
                 f"invalid field table key {key[:40]!r} (length {len(key)})",
