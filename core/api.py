@@ -14,6 +14,12 @@ caller passed.
 
 Every error is a :class:`core.errors.CoreError` subclass; handlers map them to
 their wire error codes.
+
+Producers: batches carrying a producer id are deduplicated per partition
+(:mod:`core.dedup`, state persisted by :mod:`core.producers`), as Kafka does for
+idempotent producers, whatever the namespace's ``deduplication`` policy;
+:meth:`Core.allocate_producer_id` hands out ids and :meth:`Core.open_producer`
+grants access modes with fencing (:mod:`core.exclusive`).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from typing import Any
 import trio
 
 from core.batch import split_batches
+from core.compaction import compact_due_topics, compactor_for
 from core.config import CoreSettings
 from core.errors import InvalidPartitionCount, InvalidTopicName, UnknownPartition, UnknownTopic
+from core.exclusive import AccessMode, ProducerAccess, ProducerHandle
 from core.names import NamespaceName, TopicName
 from core.namespaces import (
     EffectivePolicies,
@@ -39,13 +47,15 @@ from core.namespaces import (
     resolve_policies,
 )
 from core.partition import AppendResult, Partition, ReadEntry
+from core.producers import ProducerIdAllocator, ProducerStateStore
 from core.records import Message, build_batch
 from core.topics import TopicMetadata, TopicStore, check_partition_count
 from core.users import UserStore
 from storage.api import Storage
 
 __all__ = [
-    "AppendResult", "Core", "OpenTopic", "ReadEntry", "TopicInfo", "TopicRef", "open_core",
+    "AccessMode", "AppendResult", "Core", "OpenTopic", "ProducerHandle", "ReadEntry",
+    "TopicInfo", "TopicRef", "open_core",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +111,9 @@ class Core:
         self._cache: dict[TopicRef, OpenTopic] = {}
         self._open: dict[TopicName, OpenTopic] = {}
         self._load_lock = trio.Lock()
+        self.producer_states = ProducerStateStore(storage.metadata)
+        self._producer_ids = ProducerIdAllocator(storage.metadata)
+        self._producer_access = ProducerAccess(storage.metadata)
 
     # ---------------------------------------------------------------- names
 
@@ -147,13 +160,16 @@ class Core:
         # a crash during an earlier delete may have left logs behind: start empty
         for n in range(meta.partitions):
             await self.storage.delete_log(name.log_name(n))
+            await self.producer_states.delete(name.log_name(n))
+        await compactor_for(self).drop(name, meta.partitions)
         return await self._open_topic(name, meta)
 
     async def _open_topic(self, name: TopicName, meta: TopicMetadata) -> OpenTopic:
         ns_policies = await self.namespaces.get_policies(name.namespace_name)
         policies = resolve_policies(self.settings, ns_policies, meta.policies)
         partitions = [
-            await Partition.open(name, n, await self.storage.open_log(name.log_name(n)))
+            await Partition.open(name, n, await self.storage.open_log(name.log_name(n)),
+                                 self.producer_states)
             for n in range(meta.partitions)
         ]
         opened = self._open[name] = OpenTopic(name, meta, policies, partitions)
@@ -208,7 +224,8 @@ class Core:
             meta = await self.topics.update(opened.name, lambda m: replace(m, partitions=total))
             for n in range(len(opened.partitions), meta.partitions):
                 log_ = await self.storage.open_log(opened.name.log_name(n))
-                opened.partitions.append(await Partition.open(opened.name, n, log_))
+                opened.partitions.append(
+                    await Partition.open(opened.name, n, log_, self.producer_states))
             opened.meta = meta
             return opened.info
 
@@ -227,6 +244,8 @@ class Core:
             # logs first: a crash in between leaves an empty topic, not orphaned data
             for n in range(meta.partitions):
                 await self.storage.delete_log(name.log_name(n))
+                await self.producer_states.delete(name.log_name(n))
+            await compactor_for(self).drop(name, meta.partitions)
             await self.topics.delete(name)
             log.info("deleted topic %s (%d partitions)", name, meta.partitions)
 
@@ -304,6 +323,20 @@ class Core:
                                   allow_control=allow_control)
         return await found.partitions[partition].append(validated, self._clock_ms())
 
+    async def _append_checked(
+        self, topic: TopicRef, partition: int, batches: bytes | bytearray | memoryview,
+        check: Callable[[], None],
+    ) -> AppendResult:
+        """:meth:`append` that calls ``check`` with no checkpoint before offset assignment."""
+        found = self._cache.get(topic)
+        if found is None:
+            found = await self._topic(topic)
+        if not 0 <= partition < len(found.partitions):
+            raise UnknownPartition(f"{found.name} has no partition {partition}")
+        check()
+        validated = split_batches(batches, found.policies.max_message_bytes)
+        return await found.partitions[partition].append(validated, self._clock_ms())
+
     async def append_messages(
         self, topic: TopicRef, partition: int, messages: Iterable[Message], compression: int = 0
     ) -> AppendResult:
@@ -342,6 +375,32 @@ class Core:
         """
         return await (await self._partition(topic, partition)).offset_for_timestamp(timestamp_ms)
 
+    # ---------------------------------------------------------------- producers
+
+    async def allocate_producer_id(self) -> int:
+        """A producer id never handed out before, by this broker or an earlier run."""
+        return await self._producer_ids.allocate()
+
+    @asynccontextmanager
+    async def open_producer(
+        self, topic: TopicRef, access_mode: AccessMode = AccessMode.SHARED,
+        name: str | None = None,
+    ) -> AsyncIterator[ProducerHandle]:
+        """Open a producer on an existing topic with an access mode (see :mod:`core.exclusive`).
+
+        Raises ProducerBusy when the mode cannot be granted; ``WAIT_FOR_EXCLUSIVE``
+        waits instead (bound it with ``trio.move_on_after``).  Access is released
+        on exit; appends through the handle raise ProducerFenced once fenced.
+        """
+        opened = await self._topic(topic)
+        handle = ProducerHandle(self, self._producer_access, opened.name, topic, access_mode,
+                                name or f"producer-{await self.allocate_producer_id()}")
+        await self._producer_access.acquire(handle)
+        try:
+            yield handle
+        finally:
+            self._producer_access.release(handle)
+
     # ---------------------------------------------------------------- retention
 
     async def apply_retention(self) -> int:
@@ -362,6 +421,8 @@ class Core:
         while True:
             await trio.sleep(interval)
             try:
+                # compaction first: retention may drop records the view has not taken yet
+                await compact_due_topics(self)
                 dropped = await self.apply_retention()
             except Exception:
                 log.exception("retention pass failed")

@@ -56,7 +56,8 @@ class NamespacePolicies:
     ``message_ttl_ms``: unacknowledged messages older than this are expired by
     subscriptions (0 or None: never).  ``deduplication``: idempotent-producer
     dedup on by default for the namespace's topics.  ``max_message_bytes``: the
-    largest entry (record batch) accepted.
+    largest entry (record batch) accepted.  ``compacted``: the periodic task keeps a
+    compacted view (latest value per key, see :mod:`core.compaction`) of the topics.
     """
 
     retention_ms: int | None = None
@@ -64,6 +65,7 @@ class NamespacePolicies:
     message_ttl_ms: int | None = None
     deduplication: bool = False
     max_message_bytes: int | None = None
+    compacted: bool = False
 
     def __post_init__(self) -> None:
         _check_int("retention_ms", self.retention_ms, -1)
@@ -72,6 +74,8 @@ class NamespacePolicies:
         _check_int("max_message_bytes", self.max_message_bytes, 1)
         if not isinstance(self.deduplication, bool):
             raise InvalidPolicy(f"deduplication must be a boolean, got {self.deduplication!r}")
+        if not isinstance(self.compacted, bool):
+            raise InvalidPolicy(f"compacted must be a boolean, got {self.compacted!r}")
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -88,11 +92,14 @@ class TopicPolicies:
     retention_ms: int | None = None
     retention_bytes: int | None = None
     max_message_bytes: int | None = None
+    compacted: bool | None = None
 
     def __post_init__(self) -> None:
         _check_int("retention_ms", self.retention_ms, -1)
         _check_int("retention_bytes", self.retention_bytes, -1)
         _check_int("max_message_bytes", self.max_message_bytes, 1)
+        if self.compacted is not None and not isinstance(self.compacted, bool):
+            raise InvalidPolicy(f"compacted must be a boolean, got {self.compacted!r}")
 
 
 def _from_json(cls: type[T], data: bytes | dict[str, Any]) -> T:
@@ -120,6 +127,7 @@ class EffectivePolicies:
     max_message_bytes: int
     message_ttl_ms: int | None
     deduplication: bool
+    compacted: bool = False
 
 
 def resolve_policies(
@@ -147,6 +155,7 @@ def resolve_policies(
         ),
         message_ttl_ms=namespace.message_ttl_ms or None,
         deduplication=namespace.deduplication,
+        compacted=namespace.compacted if topic.compacted is None else topic.compacted,
     )
 
 

@@ -26,6 +26,18 @@ storage failure during an append leaves the partition *failed*: the watermark
 stops and later appends raise :class:`PartitionUnavailable` until every
 in-flight append has finished; then offsets and watermark are reset from the
 log (``last_key + 1``), which holds exactly the appends that succeeded.
+
+Idempotent producers
+--------------------
+Batches that carry a producer id go through :class:`core.dedup.DedupState`
+in the same no-checkpoint stretch that assigns offsets: a retried batch is
+answered with its first copy's offsets (once those are acknowledged) and not
+stored again; a batch that does not fit its producer's state raises a
+:class:`core.dedup.ProducerStateError` and nothing of the append is stored.
+Appends without producer ids pay one pass over their batch headers.  With a
+:class:`core.producers.ProducerStateStore` the state is recovered at open
+(snapshot + log replay) and snapshotted every ``snapshot_every`` appends and
+at close; after a failed append it is cut back to the log's end.
 """
 
 from __future__ import annotations
@@ -36,9 +48,11 @@ from dataclasses import dataclass
 import trio
 
 from core.batch import BatchInfo
+from core.dedup import DedupState, Duplicate
 from core.entry import build_entry, decode_entry
 from core.errors import OffsetOutOfRange, PartitionUnavailable, UnknownTopic
 from core.names import TopicName
+from core.producers import ProducerStateStore
 from storage.api import (
     EntryIn,
     LogClosedError,
@@ -97,12 +111,26 @@ class Partition:
         self._failed = False
         self._closed = False
         self._earliest_cache: tuple[int, int] = (-1, 0)  # (start position, offset)
+        self.dedup = DedupState()
+        self._states: ProducerStateStore | None = None
+        self._since_snapshot = 0
+        self._failures = 0
 
     @classmethod
-    async def open(cls, topic: TopicName, number: int, log: PartitionLog) -> Partition:
-        """Wrap ``log`` and recover ``next_offset`` and the broker time from it."""
+    async def open(
+        cls, topic: TopicName, number: int, log: PartitionLog,
+        producer_states: ProducerStateStore | None = None,
+    ) -> Partition:
+        """Wrap ``log`` and recover ``next_offset`` and the broker time from it.
+
+        With ``producer_states`` the idempotent-producer state is recovered too
+        and persisted from then on; without, it starts empty and lives in memory.
+        """
         partition = cls(topic, number, log)
         await partition._recover()
+        if producer_states is not None:
+            partition.dedup = await producer_states.recover(log, partition.next_offset)
+            partition._states = producer_states
         return partition
 
     async def _recover(self) -> None:
@@ -116,6 +144,7 @@ class Partition:
         # Synchronous, so a concurrent append never sees half-recovered state.
         last_key = self.log.last_key
         self.next_offset = 0 if last_key is None else last_key + 1
+        self.dedup.truncate(self.next_offset)
         self._failed = False
         self._set_high_watermark(self.next_offset)
 
@@ -132,12 +161,23 @@ class Partition:
                 raise PartitionUnavailable(f"{self.topic} partition {self.number} is recovering")
             self._reset_from_log()
         # From here to log.append: no checkpoint (offset order == log order).
+        verdicts = self.dedup.plan(batches)  # None unless a batch has a producer id
+        if verdicts is not None:
+            fresh = [b for b, v in zip(batches, verdicts, strict=True) if v is None]
+            if not fresh:
+                return await self._duplicate(verdicts)
+        else:
+            fresh = batches
         broker_ts = self._last_broker_ts = max(now_ms, self._last_broker_ts)
         base = offset = self.next_offset
         entries = []
-        for batch in batches:
+        record = self.dedup.record
+        for batch in fresh:
             last = offset + batch.last_offset_delta
             entries.append(EntryIn(last, broker_ts, build_entry(offset, broker_ts, batch.view)))
+            if verdicts is not None and not batch.is_control:
+                record(batch.producer_id, batch.producer_epoch, batch.base_sequence,
+                       batch.record_count, offset, broker_ts)
             offset = last + 1
         self.next_offset = offset
         slot = _Pending(offset)
@@ -161,12 +201,48 @@ class Partition:
             raise
         slot.done = True
         self._advance()
+        if self._states is not None:
+            self._since_snapshot += 1
+            if self._since_snapshot >= self._states.snapshot_every:
+                self._save_state()
+        if verdicts is not None and len(fresh) != len(batches):
+            first, last_verdict = verdicts[0], verdicts[-1]
+            return AppendResult(base if first is None else first.base_offset,
+                                offset - 1 if last_verdict is None else last_verdict.last_offset,
+                                broker_ts)
         return AppendResult(base, offset - 1, broker_ts)
+
+    async def _duplicate(self, verdicts: list[Duplicate | None]) -> AppendResult:
+        """The answer to a retry: its first copy's offsets, once those are acknowledged."""
+        first, last = verdicts[0], verdicts[-1]
+        assert first is not None and last is not None
+        failures = self._failures
+        while self.high_watermark <= last.last_offset:
+            if self._failures != failures or self._closed:
+                # the first copy may not be in the log: let the producer retry
+                raise PartitionUnavailable(
+                    f"{self.topic} partition {self.number}: the original append failed")
+            if self._data_event is None:
+                self._data_event = trio.Event()
+            await self._data_event.wait()
+        return AppendResult(first.base_offset, last.last_offset, first.broker_timestamp)
+
+    def _save_state(self) -> None:
+        assert self._states is not None
+        self._since_snapshot = 0
+        self._states.save(self.log.name, self.dedup, self.high_watermark)
 
     def _drop_pending(self, slot: _Pending) -> None:
         # After a failure the watermark stays where it is until recovery.
+        self._failures += 1
         self._pending.remove(slot)
         self._advance()
+        self._wake()
+
+    def _wake(self) -> None:
+        event, self._data_event = self._data_event, None
+        if event is not None:
+            event.set()
 
     def _advance(self) -> None:
         pending = self._pending
@@ -267,8 +343,11 @@ class Partition:
         return await self.log.apply_retention(policy, now_ms)
 
     def close(self) -> None:
-        """Mark closed (topic deleted or core shut down) and wake every waiter."""
+        """Mark closed (topic deleted or core shut down) and wake every waiter.
+
+        Records a last producer-state snapshot (coalesced) when persisting.
+        """
+        if self._states is not None and not self._closed:
+            self._save_state()
         self._closed = True
-        event, self._data_event = self._data_event, None
-        if event is not None:
-            event.set()
+        self._wake()
