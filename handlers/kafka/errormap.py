@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from core.dedup import InvalidProducerEpoch, OutOfOrderSequence, UnknownProducerId
 from core.errors import (
     CoreError,
     CorruptBatch,
@@ -28,6 +29,7 @@ from core.errors import (
     UnknownTopic,
     UnsupportedBatchVersion,
 )
+from core.exclusive import ProducerFenced
 from handlers.kafka.errors import ErrorCode
 
 __all__ = ["CODES", "error_code"]
@@ -52,6 +54,11 @@ CODES: Mapping[type[CoreError], ErrorCode] = MappingProxyType({
     # storage trouble: retriable, the client refreshes metadata and tries again
     PartitionUnavailable: ErrorCode.KAFKA_STORAGE_ERROR,
     CorruptEntry: ErrorCode.KAFKA_STORAGE_ERROR,
+    # idempotent producers (core.dedup) and producer access modes (core.exclusive)
+    OutOfOrderSequence: ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+    InvalidProducerEpoch: ErrorCode.INVALID_PRODUCER_EPOCH,
+    UnknownProducerId: ErrorCode.UNKNOWN_PRODUCER_ID,
+    ProducerFenced: ErrorCode.PRODUCER_FENCED,
 })
 """Most specific core error class -> Kafka error code."""
 
