@@ -49,6 +49,7 @@ from core.namespaces import (
 from core.partition import AppendResult, Partition, ReadEntry
 from core.producers import ProducerIdAllocator, ProducerStateStore
 from core.records import Message, build_batch
+from core.subscriptions import SubscriptionManager, open_subscription_manager
 from core.topics import TopicMetadata, TopicStore, check_partition_count
 from core.users import UserStore
 from storage.api import Storage
@@ -98,6 +99,9 @@ class OpenTopic:
 
 class Core:
     """Topics, namespaces and the append/read path; see the module docstring."""
+
+    #: subscriptions and consumers of every topic (set by :func:`open_core`)
+    subscriptions: SubscriptionManager
 
     def __init__(
         self, storage: Storage, settings: CoreSettings, clock_ms: Callable[[], int] = wall_clock_ms
@@ -246,6 +250,7 @@ class Core:
                 await self.storage.delete_log(name.log_name(n))
                 await self.producer_states.delete(name.log_name(n))
             await compactor_for(self).drop(name, meta.partitions)
+            await self.subscriptions.forget_topic(name, meta.partitions)
             await self.topics.delete(name)
             log.info("deleted topic %s (%d partitions)", name, meta.partitions)
 
@@ -454,7 +459,9 @@ async def open_core(
         if settings.retention_check_interval_ms > 0:
             nursery.start_soon(core._retention_loop)
         try:
-            yield core
+            async with open_subscription_manager(core, clock_ms=clock_ms) as subscriptions:
+                core.subscriptions = subscriptions
+                yield core
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
