@@ -1,9 +1,9 @@
 """End to end: real Kafka clients against ``polystream serve`` on loopback.
 
-Clients: Debian's kcat, confluent-kafka (librdkafka), kafka-python and aiokafka -- unmodified,
-configured only for what this slice lacks: ``enable.idempotence`` off (InitProducerId is not
-served yet) and manual partition assignment (no consumer groups yet).  Raw-protocol checks use
-the codec through ``WireClient`` from ``test_kafka_service``.
+Clients: Debian's kcat, confluent-kafka (librdkafka), kafka-python and aiokafka -- unmodified.
+These tests cover produce/fetch/list-offsets with manual assignment and idempotence off;
+idempotent producers, consumer groups, admin and SASL have their own test modules.  Raw-protocol
+checks use the codec through ``WireClient`` from ``test_kafka_service``.
 """
 
 from __future__ import annotations

@@ -741,3 +741,4 @@ async def test_handler_advertises_bound_address(core: Core) -> None:
             ctx = handler._by_listener["kafka"]
             assert (ctx.advertised_host, ctx.advertised_port) == expected
             assert ctx.cluster_id == await load_cluster_id(core.storage.metadata)
+        nursery.cancel_scope.cancel()  # the handlers' background tasks (group coordinator)

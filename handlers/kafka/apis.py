@@ -59,6 +59,39 @@ SUPPORTED_APIS: Mapping[int, ApiVersionRange] = _table(
     ApiVersionRange(ApiKey.ListOffsets, 1, 7),
     ApiVersionRange(ApiKey.Metadata, 0, 11),
     ApiVersionRange(ApiKey.ApiVersions, 0, 3),
+    # consumer groups (handlers/kafka/groups/, service/{find_coordinator,...,delete_groups}.py):
+    # FindCoordinator 0-5: v6 adds share-group keys (KIP-932).
+    ApiVersionRange(ApiKey.FindCoordinator, 0, 5),
+    ApiVersionRange(ApiKey.JoinGroup, 0, 9),
+    ApiVersionRange(ApiKey.SyncGroup, 0, 5),
+    ApiVersionRange(ApiKey.Heartbeat, 0, 4),
+    ApiVersionRange(ApiKey.LeaveGroup, 0, 5),
+    # OffsetCommit 2-9 (v9 = v8 for classic groups); v10 names topics by TopicId.
+    ApiVersionRange(ApiKey.OffsetCommit, 2, 9),
+    # OffsetFetch 1-8: v9 adds KIP-848 member epochs, v10 topic ids.
+    ApiVersionRange(ApiKey.OffsetFetch, 1, 8),
+    ApiVersionRange(ApiKey.OffsetDelete, 0, 0),
+    ApiVersionRange(ApiKey.ListGroups, 0, 5),
+    ApiVersionRange(ApiKey.DescribeGroups, 0, 6),
+    ApiVersionRange(ApiKey.DeleteGroups, 0, 2),
+    # admin and SASL (handlers/kafka/service/{create_topics,...,sasl_authenticate}.py):
+    # CreateTopics 2-6: v7 only adds the TopicId of created topics (topic ids not supported).
+    ApiVersionRange(ApiKey.CreateTopics, 2, 6),
+    # DeleteTopics 1-5: v6 names topics by TopicId.
+    ApiVersionRange(ApiKey.DeleteTopics, 1, 5),
+    ApiVersionRange(ApiKey.DeleteRecords, 0, 2),
+    ApiVersionRange(ApiKey.DescribeConfigs, 1, 4),
+    ApiVersionRange(ApiKey.AlterConfigs, 0, 2),
+    ApiVersionRange(ApiKey.IncrementalAlterConfigs, 0, 1),
+    ApiVersionRange(ApiKey.CreatePartitions, 0, 3),
+    ApiVersionRange(ApiKey.DescribeCluster, 0, 2),
+    # SaslHandshake 0-1: v0 is followed by raw SASL tokens, v1 by SaslAuthenticate requests.
+    ApiVersionRange(ApiKey.SaslHandshake, 0, 1),
+    # SaslAuthenticate 0-2: v1+ report session lifetime 0 (no re-authentication, KIP-368).
+    ApiVersionRange(ApiKey.SaslAuthenticate, 0, 2),
+    # InitProducerId 0-5: idempotent producers only (transactional ids are refused); v4/v5
+    # only add error codes for transactions; v6 adds 2PC fields (KIP-939, unstable spec).
+    ApiVersionRange(ApiKey.InitProducerId, 0, 5),
 )
 """api_key -> served version range; read-only, ordered by api key."""
 

@@ -9,6 +9,15 @@ Settings (``[handlers.kafka]`` in the configuration file)::
     max_in_flight = 16                     # requests queued per connection
     namespace = "public/default"           # where Kafka topics live (default: the core's)
     num_partitions = 1                     # partitions of auto-created topics
+    sasl_mechanisms = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+                                           # SASL on every Kafka listener; [] (default): off
+
+    [handlers.kafka.listeners.NAME]        # per listener (NAME as in [[listeners]])
+    sasl_mechanisms = ["PLAIN"]            # overrides the handler-wide setting
+
+With SASL on, a connection must authenticate (SaslHandshake v0 or v1, then PLAIN or SCRAM
+against ``polystream users``) before anything but ApiVersions is served
+(:mod:`handlers.kafka.sasl`).
 
 The cluster id is created once and kept in the metadata store under ``kafka/cluster-id``, so
 it survives restarts (clients compare it across metadata responses).
@@ -19,7 +28,8 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import trio
@@ -30,6 +40,8 @@ from core.listeners import format_host_port
 from core.names import NamespaceName
 from core.topics import check_partition_count
 from handlers.kafka.framing import DEFAULT_MAX_REQUEST_SIZE
+from handlers.kafka.groups import GroupConfig, GroupCoordinator, install_coordinator
+from handlers.kafka.sasl import KafkaSaslServer, parse_mechanisms
 from handlers.kafka.service import ServiceContext
 from handlers.kafka.session import DEFAULT_MAX_IN_FLIGHT, KafkaSession
 from storage.api import MetadataStore, VersionConflictError
@@ -52,6 +64,25 @@ class KafkaSettings:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     namespace: str | None = None
     num_partitions: int = 1
+    sasl_mechanisms: tuple[str, ...] = ()
+    listeners: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Listener name -> its own ``sasl_mechanisms``."""
+    group_initial_rebalance_delay_ms: int = 0
+    group_min_session_timeout_ms: int = 100
+    group_max_session_timeout_ms: int = 1_800_000
+    group_max_size: int = 1000
+
+    def group_config(self) -> GroupConfig:
+        """The consumer-group coordinator's limits (Kafka's ``group.*`` broker settings)."""
+        return GroupConfig(
+            min_session_timeout_ms=self.group_min_session_timeout_ms,
+            max_session_timeout_ms=self.group_max_session_timeout_ms,
+            initial_rebalance_delay_ms=self.group_initial_rebalance_delay_ms,
+            max_members=self.group_max_size)
+
+    def sasl_for(self, listener: str) -> tuple[str, ...]:
+        """The SASL mechanisms enabled on ``listener`` (empty: SASL off)."""
+        return self.listeners.get(listener, self.sasl_mechanisms)
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> KafkaSettings:
@@ -64,7 +95,11 @@ class KafkaSettings:
             if key in raw and not isinstance(raw[key], str):
                 raise ValueError(f"handlers.kafka.{key}: expected a string, got {raw[key]!r}")
         limits = {"advertised_port": (1, 65535), "max_request_bytes": (1, 0x7FFFFFFF),
-                  "max_in_flight": (1, 10_000), "num_partitions": (1, 10_000)}
+                  "max_in_flight": (1, 10_000), "num_partitions": (1, 10_000),
+                  "group_initial_rebalance_delay_ms": (0, 3_600_000),
+                  "group_min_session_timeout_ms": (1, 3_600_000),
+                  "group_max_session_timeout_ms": (1, 3_600_000),
+                  "group_max_size": (1, 1_000_000)}
         for key, (low, high) in limits.items():
             if key not in raw:
                 continue
@@ -72,15 +107,40 @@ class KafkaSettings:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"handlers.kafka.{key}: expected an integer in {low}..{high}, "
                                  f"got {value!r}")
+        raw = dict(raw)
+        if "sasl_mechanisms" in raw:
+            raw["sasl_mechanisms"] = parse_mechanisms(raw["sasl_mechanisms"],
+                                                      "handlers.kafka.sasl_mechanisms")
+        if "listeners" in raw:
+            raw["listeners"] = _parse_listener_settings(raw["listeners"])
         settings = cls(**raw)
         if settings.namespace is not None:
             NamespaceName.parse(settings.namespace)  # raises InvalidName (a ValueError)
         check_partition_count(settings.num_partitions)
+        settings.group_config()  # raises ValueError for inconsistent group limits
         return settings
 
 
+def _parse_listener_settings(raw: object) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"handlers.kafka.listeners: expected a table, got {raw!r}")
+    out = {}
+    for name, table in raw.items():
+        where = f"handlers.kafka.listeners.{name}"
+        if not isinstance(table, dict) or set(table) - {"sasl_mechanisms"}:
+            raise ValueError(f"{where}: expected a table with only sasl_mechanisms, "
+                             f"got {table!r}")
+        out[str(name)] = parse_mechanisms(table.get("sasl_mechanisms", []),
+                                          f"{where}.sasl_mechanisms")
+    return out
+
+
 class KafkaHandler(ProtocolHandler):
-    """Serves the Kafka wire protocol (ApiVersions, Metadata, Produce, Fetch, ListOffsets)."""
+    """Serves the Kafka wire protocol: the APIs in :data:`handlers.kafka.apis.SUPPORTED_APIS`.
+
+    Start-up installs the consumer-group coordinator for the core and runs its sweeper (session
+    expiry of groups nobody talks to) in the handler's nursery.
+    """
 
     name: ClassVar[str] = "kafka"
     default_port: ClassVar[int] = 9092
@@ -103,6 +163,9 @@ class KafkaHandler(ProtocolHandler):
             log.warning("kafka: namespace %s is not usable (%s): Kafka topics cannot be "
                         "created until it exists", namespace, exc)
         cluster_id = await load_cluster_id(core.storage.metadata)
+        coordinator = GroupCoordinator(core.storage.metadata, settings.group_config())
+        install_coordinator(core, coordinator)
+        context.nursery.start_soon(coordinator.run)
         host, port = self._advertised(context.listeners[0] if context.listeners else None)
         self._context = context
         self._base = ServiceContext(
@@ -116,9 +179,10 @@ class KafkaHandler(ProtocolHandler):
                 self._by_listener[listener.name] = replace(
                     self._base, advertised_host=host, advertised_port=port)
         for name, ctx in self._by_listener.items():
-            log.info("kafka listener %s advertises %s (cluster id %s, namespace %s)", name,
-                     format_host_port(ctx.advertised_host, ctx.advertised_port), cluster_id,
-                     namespace)
+            sasl = settings.sasl_for(name)
+            log.info("kafka listener %s advertises %s (cluster id %s, namespace %s, SASL %s)",
+                     name, format_host_port(ctx.advertised_host, ctx.advertised_port),
+                     cluster_id, namespace, ", ".join(sasl) if sasl else "off")
 
     def _advertised(self, listener: ListenerAddress | None) -> tuple[str, int]:
         host = self.settings.advertised_host
@@ -134,11 +198,14 @@ class KafkaHandler(ProtocolHandler):
         """Run a :class:`KafkaSession` on the connection until it ends."""
         if self._base is None:
             raise RuntimeError("KafkaHandler.serve() before start()")
-        ctx = self._by_listener.get(conn.listener, self._base)
+        ctx = replace(self._by_listener.get(conn.listener, self._base), peer_host=conn.peer_host)
+        mechanisms = self.settings.sasl_for(conn.listener)
+        sasl = (KafkaSaslServer(mechanisms, peer_is_loopback=conn.peer_is_loopback)
+                if mechanisms else None)
         session = KafkaSession(
             stream, ctx, peer=format_host_port(conn.peer_host, conn.peer_port),
             max_request_bytes=self.settings.max_request_bytes,
-            max_in_flight=self.settings.max_in_flight)
+            max_in_flight=self.settings.max_in_flight, sasl=sasl)
         await session.run()
 
 

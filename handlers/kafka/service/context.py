@@ -97,6 +97,8 @@ class ServiceContext:
     """Partition count of auto-created topics."""
     stopping: trio.Event | None = None
     """Set when the broker shuts down: long polls return early."""
+    peer_host: str | None = None
+    """The client's address (set per connection; DescribeGroups reports it)."""
 
     def topic_ref(self, name: str) -> str:
         """The core's spelling of Kafka topic ``name`` (validated; raises InvalidTopicName)."""

@@ -14,9 +14,9 @@
   (CreateTime topics); ``log_start_offset`` (v5+) is the partition's earliest offset.
 * ``timeout_ms`` is not applied: once offsets are assigned the append always completes.
 
-Not in this slice: transactions and idempotence.  A transactional request
-(``transactional_id`` set) is refused with ``TRANSACTIONAL_ID_AUTHORIZATION_FAILED``;
-idempotent producers cannot get here without InitProducerId, which is not served yet.
+Idempotent batches (producer id set, from InitProducerId) are deduplicated by the core in the
+same step that assigns offsets.  Transactions are not served yet: a transactional request
+(``transactional_id`` set) is refused with ``TRANSACTIONAL_ID_AUTHORIZATION_FAILED``.
 """
 
 from __future__ import annotations
