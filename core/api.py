@@ -51,6 +51,7 @@ from core.producers import ProducerIdAllocator, ProducerStateStore
 from core.records import Message, build_batch
 from core.subscriptions import SubscriptionManager, open_subscription_manager
 from core.topics import TopicMetadata, TopicStore, check_partition_count
+from core.transactions.coordinator import TransactionCoordinator, open_transactions
 from core.users import UserStore
 from storage.api import Storage
 
@@ -102,6 +103,8 @@ class Core:
 
     #: subscriptions and consumers of every topic (set by :func:`open_core`)
     subscriptions: SubscriptionManager
+    #: the transaction coordinator (set by :func:`open_core`)
+    transactions: TransactionCoordinator
 
     def __init__(
         self, storage: Storage, settings: CoreSettings, clock_ms: Callable[[], int] = wall_clock_ms
@@ -173,7 +176,7 @@ class Core:
         policies = resolve_policies(self.settings, ns_policies, meta.policies)
         partitions = [
             await Partition.open(name, n, await self.storage.open_log(name.log_name(n)),
-                                 self.producer_states)
+                                 self.producer_states, self.storage.metadata)
             for n in range(meta.partitions)
         ]
         opened = self._open[name] = OpenTopic(name, meta, policies, partitions)
@@ -461,7 +464,9 @@ async def open_core(
         try:
             async with open_subscription_manager(core, clock_ms=clock_ms) as subscriptions:
                 core.subscriptions = subscriptions
-                yield core
+                async with open_transactions(core) as transactions:
+                    core.transactions = transactions
+                    yield core
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):

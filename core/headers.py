@@ -6,6 +6,7 @@ The gateway headers carry what one protocol says in a dedicated property, so tha
 protocol can say it again:
 
 * common: :data:`CONTENT_TYPE`, :data:`CORRELATION_ID`, :data:`REPLY_TO`, :data:`EXPIRY_MS`;
+* core only: :data:`DELIVER_AT_MS` (delayed delivery on Shared subscriptions);
 * AMQP only: ``ps.amqp.*`` (one per ``basic`` property, plus :data:`AMQP_TYPED_HEADERS`);
 * MQTT only: ``ps.mqtt.*`` (:data:`MQTT_TOPIC`, :data:`MQTT_QOS`, :data:`MQTT_RETAIN`,
   :data:`MQTT_PAYLOAD_FORMAT`).
@@ -32,6 +33,8 @@ CORRELATION_ID = "ps.correlation-id"
 REPLY_TO = "ps.reply-to"
 #: Time to live in milliseconds, counted from the record timestamp.
 EXPIRY_MS = "ps.expiry-ms"
+#: Deliver no earlier than this, in epoch ms (Shared subscriptions; core.subscriptions.delayed).
+DELIVER_AT_MS = "ps.deliver-at-ms"
 
 AMQP_CONTENT_ENCODING = "ps.amqp.content-encoding"
 AMQP_DELIVERY_MODE = "ps.amqp.delivery-mode"

@@ -53,9 +53,12 @@ from core.entry import build_entry, decode_entry
 from core.errors import OffsetOutOfRange, PartitionUnavailable, UnknownTopic
 from core.names import TopicName
 from core.producers import ProducerStateStore
+from core.transactions.replay import recover_index
+from core.transactions.visibility import TxnIndex
 from storage.api import (
     EntryIn,
     LogClosedError,
+    MetadataStore,
     PartitionLog,
     PositionOutOfRangeError,
     RetentionPolicy,
@@ -115,19 +118,25 @@ class Partition:
         self._states: ProducerStateStore | None = None
         self._since_snapshot = 0
         self._failures = 0
+        #: open transactions and aborted index (see core.transactions.visibility)
+        self.txns = TxnIndex()
 
     @classmethod
     async def open(
         cls, topic: TopicName, number: int, log: PartitionLog,
         producer_states: ProducerStateStore | None = None,
+        txn_metadata: MetadataStore | None = None,
     ) -> Partition:
         """Wrap ``log`` and recover ``next_offset`` and the broker time from it.
 
         With ``producer_states`` the idempotent-producer state is recovered too
         and persisted from then on; without, it starts empty and lives in memory.
+        With ``txn_metadata`` the transaction index is rebuilt
+        (:func:`core.transactions.replay.recover_index`).
         """
         partition = cls(topic, number, log)
         await partition._recover()
+        partition.txns = await recover_index(txn_metadata, log)
         if producer_states is not None:
             partition.dedup = await producer_states.recover(log, partition.next_offset)
             partition._states = producer_states
@@ -175,6 +184,8 @@ class Partition:
         for batch in fresh:
             last = offset + batch.last_offset_delta
             entries.append(EntryIn(last, broker_ts, build_entry(offset, broker_ts, batch.view)))
+            if batch.is_transactional:
+                self.txns.on_append(batch, offset)
             if verdicts is not None and not batch.is_control:
                 record(batch.producer_id, batch.producer_epoch, batch.base_sequence,
                        batch.record_count, offset, broker_ts)
@@ -266,6 +277,20 @@ class Partition:
     async def wait_for_data(self, offset: int) -> None:
         """Return once the high watermark is above ``offset`` (no polling)."""
         while self.high_watermark <= offset:
+            if self._closed:
+                raise UnknownTopic(f"{self.topic} was deleted")
+            if self._data_event is None:
+                self._data_event = trio.Event()
+            await self._data_event.wait()
+
+    @property
+    def last_stable_offset(self) -> int:
+        """First offset of the oldest open transaction, else the high watermark."""
+        return self.txns.stable_offset(self.high_watermark)
+
+    async def wait_for_stable(self, offset: int) -> None:
+        """Return once the last stable offset is above ``offset`` (no polling)."""
+        while self.last_stable_offset <= offset:
             if self._closed:
                 raise UnknownTopic(f"{self.topic} was deleted")
             if self._data_event is None:

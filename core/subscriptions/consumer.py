@@ -59,6 +59,7 @@ class Consumer:
         self.max_permits = max_permits
         self._permits = 0
         self._inbox: deque[Delivery] = deque()
+        self._queued: set[tuple[int, int]] = set()  # (partition, offset) in the inbox
         self._arrived: trio.Event | None = None
         self._partitions: dict[int, PartitionSubscription] = {}
         self._closed = False
@@ -130,14 +131,19 @@ class Consumer:
                 self._arrived = trio.Event()
             await self._arrived.wait()
         self._check_open()
-        return self._inbox.popleft()
+        return self._pop()
 
     def receive_nowait(self) -> Delivery:
         """The next delivered message; raises :class:`trio.WouldBlock` when none is queued."""
         self._check_open()
         if not self._inbox:
             raise trio.WouldBlock
-        return self._inbox.popleft()
+        return self._pop()
+
+    def _pop(self) -> Delivery:
+        delivery = self._inbox.popleft()
+        self._queued.discard((delivery.partition, delivery.offset))
+        return delivery
 
     # ------------------------------------------------------------ acks
 
@@ -176,6 +182,7 @@ class Consumer:
         self.close_reason = reason
         subs, self._partitions = list(self._partitions.values()), {}
         self._inbox.clear()
+        self._queued.clear()
         self._permits = 0
         for sub in subs:
             sub.remove_consumer(self)
@@ -198,16 +205,21 @@ class Consumer:
             raise AssertionError("delivery without a permit")
         self._permits -= 1
         self._inbox.append(delivery)
+        self._queued.add((delivery.partition, delivery.offset))
         self._wake_receiver()
 
     def _take_back(self, partition: int, offsets: set[int] | None = None) -> int:
         """Drop queued deliveries of ``partition`` (all, or those in ``offsets``) and
         restore their permits; return how many."""
+        queued = self._queued
+        if offsets is not None and not any((partition, o) in queued for o in offsets):
+            return 0  # the common case (an ack of a received message): no inbox scan
         kept: deque[Delivery] = deque()
         dropped = 0
         for d in self._inbox:
             if d.partition == partition and (offsets is None or d.offset in offsets):
                 dropped += 1
+                queued.discard((d.partition, d.offset))
             else:
                 kept.append(d)
         self._inbox = kept

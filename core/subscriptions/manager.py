@@ -31,6 +31,7 @@ from core.cursor_store import CursorStore
 from core.errors import UnknownPartition
 from core.names import TopicName
 from core.subscriptions.consumer import DEFAULT_MAX_PERMITS, Consumer
+from core.subscriptions.delayed import DEFAULT_MAX_DELAYED
 from core.subscriptions.errors import (
     ConsumerBusy,
     SubscriptionBusy,
@@ -51,6 +52,7 @@ from core.subscriptions.types import (
     SubscriptionInfo,
     SubscriptionType,
 )
+from core.transactions.visibility import IsolationLevel
 from storage.api import StorageError
 
 if TYPE_CHECKING:
@@ -106,6 +108,7 @@ class SubscriptionManager:
         clock_ms: Callable[[], int] | None = None,
         read_ahead: int = DEFAULT_READ_AHEAD,
         read_bytes: int = DEFAULT_READ_BYTES,
+        max_delayed: int = DEFAULT_MAX_DELAYED,
     ) -> None:
         self.core = core
         self.clock_ms = clock_ms or _wall_clock_ms
@@ -113,6 +116,7 @@ class SubscriptionManager:
         self._nursery = nursery
         self._read_ahead = read_ahead
         self._read_bytes = read_bytes
+        self._max_delayed = max_delayed
         self._subs: dict[tuple[TopicName, str], TopicSubscription] = {}
         self._lock = trio.Lock()
 
@@ -152,14 +156,15 @@ class SubscriptionManager:
         dead_letter_expired: bool = False,
         durable: bool = True,
         max_permits: int = DEFAULT_MAX_PERMITS,
+        isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
     ) -> Consumer:
         """Attach a new consumer, creating the subscription when it does not exist.
 
         ``initial_position`` only matters for a new subscription.  ``filter``,
         ``redelivery``, ``message_ttl_ms`` (default: the topic's
-        ``message_ttl_ms`` policy), ``honour_expiry`` and ``dead_letter_expired``
-        take effect when the subscription has no consumers yet (see
-        :class:`SubscriptionOptions`).
+        ``message_ttl_ms`` policy), ``honour_expiry``, ``dead_letter_expired`` and
+        ``isolation`` (transactional data) take effect when the subscription has
+        no consumers yet (see :class:`SubscriptionOptions`).
         The consumer starts with no permits: call ``flow``.  Raises
         :class:`SubscriptionTypeConflict`, :class:`ConsumerBusy` (Exclusive),
         :class:`core.errors.UnknownTopic` / ``UnknownPartition``,
@@ -179,7 +184,7 @@ class SubscriptionManager:
             dead_letter_topic(name, subscription, redelivery)  # raises InvalidTopicName
         options = SubscriptionOptions(
             filter, redelivery or RedeliveryPolicy(), message_ttl_ms, honour_expiry,
-            dead_letter_expired,
+            dead_letter_expired, isolation,
         )
         async with self._lock:
             group = self._subs.get((name.base, subscription))
@@ -255,6 +260,7 @@ class SubscriptionManager:
             self.core, topic, partition, name, cursor,
             store=self.store if durable else None, nursery=self._nursery,
             clock_ms=self.clock_ms, read_ahead=self._read_ahead, read_bytes=self._read_bytes,
+            max_delayed=self._max_delayed,
         )
         sub.on_gone = self._topic_gone
         return sub
@@ -424,7 +430,15 @@ class SubscriptionManager:
             return len(self._subs)
 
     async def flush(self) -> None:
-        """Wait until every cursor change so far is stored."""
+        """Wait until every cursor change so far is durable (see the package docstring).
+
+        Every ack, nack-to-dead-letter or purge made before the call survives a
+        crash of the process once this returns.
+        """
+        for group in list(self._subs.values()):
+            if group.durable:
+                for sub in group.partitions.values():
+                    sub.persist()
         await self.store.flush()
 
     def close_all(self, reason: str = "shutting down") -> None:
@@ -442,18 +456,21 @@ async def open_subscription_manager(
     clock_ms: Callable[[], int] | None = None,
     read_ahead: int = DEFAULT_READ_AHEAD,
     read_bytes: int = DEFAULT_READ_BYTES,
+    max_delayed: int = DEFAULT_MAX_DELAYED,
 ) -> AsyncIterator[SubscriptionManager]:
     """A :class:`SubscriptionManager` with its tasks' nursery, restored from ``store``.
 
     ``clock_ms`` is the epoch-millisecond clock message expiry is judged by
     (pass the core's publish-time clock; default: the wall clock);
     ``read_ahead`` (messages) and ``read_bytes`` bound each subscription's
-    read-ahead.  On exit every consumer is closed and cursors are flushed.
+    read-ahead; ``max_delayed`` caps the delayed messages each subscription holds
+    per partition (:mod:`core.subscriptions.delayed`).  On exit every consumer is
+    closed and cursors are flushed.
     """
     async with trio.open_nursery() as nursery:
         manager = SubscriptionManager(
             core, nursery, store, clock_ms=clock_ms, read_ahead=read_ahead,
-            read_bytes=read_bytes,
+            read_bytes=read_bytes, max_delayed=max_delayed,
         )
         await manager.restore()
         try:

@@ -18,7 +18,13 @@ Offsets flow through four places, each bounded:
   first, once their backoff has passed;
 * the **dead letter list** — messages past ``max_redeliveries``, rejected, or
   expired (when asked), published to the dead letter topic in batches and then
-  acknowledged by the subscription's task.
+  acknowledged by the subscription's task;
+* on Shared subscriptions, **delayed** messages (``ps.deliver-at-ms`` in the
+  future, :mod:`core.subscriptions.delayed`): read, then held in a capped index
+  of ``(due time, offset)`` instead of the read-ahead (a full index stops the
+  read-ahead); once due, at most ``_DUE_BATCH`` of them are read from the log
+  again into the **due** queue, dispatched after redeliveries and before the
+  read-ahead, in due order.
 
 One trio task (:meth:`PartitionSubscription.run`) runs while the subscription has
 consumers: it saves the cursor when it changed, publishes dead letters, expires
@@ -40,7 +46,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -58,11 +64,13 @@ from core.names import TopicName
 from core.records import Message, decode_batch
 from core.subscriptions.backlog import oldest, ready_ranges
 from core.subscriptions.consumer import Consumer
+from core.subscriptions.delayed import DEFAULT_MAX_DELAYED, DelayedIndex, deliver_at_ms
 from core.subscriptions.dispatch import Dispatcher, make_dispatcher
 from core.subscriptions.errors import CumulativeAckNotAllowed, UnknownMessage
 from core.subscriptions.filters import MessageFilter
+from core.subscriptions.log_reads import read_offsets, wait_for_data_or
+from core.subscriptions.options import SubscriptionOptions
 from core.subscriptions.redelivery import (
-    RedeliveryPolicy,
     RedeliveryQueue,
     Waiting,
     dead_letter_message,
@@ -70,6 +78,8 @@ from core.subscriptions.redelivery import (
     publish_dead_letters,
 )
 from core.subscriptions.types import Delivery, SubscriptionType
+from core.transactions.reads import read_committed
+from core.transactions.visibility import IsolationLevel
 from storage.api import StorageError
 
 if TYPE_CHECKING:
@@ -88,31 +98,7 @@ DEFAULT_READ_AHEAD = 1000
 DEFAULT_READ_BYTES = 1 << 20
 _RETRY_S = 1.0
 _DEAD_LETTER_BATCH = 100
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionOptions:
-    """What the first consumer of an idle subscription chooses for everyone.
-
-    ``filter``: deliver only matching messages (the others are acknowledged).
-    ``message_ttl_ms``: messages published longer ago than this (broker publish
-    time) are acknowledged instead of delivered (None: never).
-    ``honour_expiry``: the same for messages whose ``ps.expiry-ms`` header has
-    run out (:func:`core.headers.is_expired`).  ``dead_letter_expired``: expired
-    messages are dead-lettered rather than dropped (when the redelivery policy
-    has dead letters on).
-    """
-
-    filter: MessageFilter | None = None
-    redelivery: RedeliveryPolicy = field(default_factory=RedeliveryPolicy)
-    message_ttl_ms: int | None = None
-    honour_expiry: bool = True
-    dead_letter_expired: bool = False
-
-    @property
-    def expired_to_dead_letters(self) -> bool:
-        """Whether expired messages go to the dead letter topic."""
-        return self.dead_letter_expired and self.redelivery.dead_letters
+_DUE_BATCH = 100  # delayed messages read back from the log at a time
 
 
 @dataclass(slots=True)
@@ -150,7 +136,9 @@ class PartitionSubscription:
         clock_ms: Callable[[], int],
         read_ahead: int = DEFAULT_READ_AHEAD,
         read_bytes: int = DEFAULT_READ_BYTES,
+        max_delayed: int = DEFAULT_MAX_DELAYED,
     ) -> None:
+        """``max_delayed`` caps the delayed messages held (see the module docstring)."""
         if read_ahead < 1 or read_bytes < 1:
             raise ValueError("read_ahead and read_bytes must be positive")
         self.core = core
@@ -175,6 +163,9 @@ class PartitionSubscription:
         self._pending: dict[int, _Pending] = {}
         self._redeliver = RedeliveryQueue()
         self._dead: dict[int, _Buffered] = {}
+        self._delayed = DelayedIndex(max_delayed)
+        self._due: dict[int, _Buffered] = {}  # insertion order = due order
+        self._loading: list[int] = []  # due offsets being read back (in _load_due)
         self._wakeup: trio.Event | None = None
         self._running = False
         self._closed = False
@@ -206,6 +197,11 @@ class PartitionSubscription:
     def buffered(self) -> int:
         """Messages in the read-ahead."""
         return len(self._read_ahead)
+
+    @property
+    def delayed(self) -> int:
+        """Delayed messages held back (not yet due, or due and not yet delivered)."""
+        return len(self._delayed) + len(self._due)
 
     def unacked_of(self, consumer: Consumer) -> int:
         """Messages delivered to ``consumer`` and not acknowledged."""
@@ -288,6 +284,8 @@ class PartitionSubscription:
         self._read_ahead.clear()
         self._redeliver.clear()
         self._dead.clear()
+        self._delayed.clear()
+        self._due.clear()
         self._read_position = self.cursor.next_unacked()
 
     def set_filter(self, filter: MessageFilter | None) -> None:
@@ -297,9 +295,17 @@ class PartitionSubscription:
         the old filter already skipped stay acknowledged.
         """
         self.options = replace(self.options, filter=filter)
-        if self._read_ahead:
-            self._read_position = min(i.offset for i in self._read_ahead)
-            self._read_ahead.clear()
+        lowest = [i.offset for i in self._read_ahead]
+        lowest.extend(self._due)
+        lowest.extend(self._loading)
+        held = self._delayed.lowest_offset()
+        if held is not None:
+            lowest.append(held)
+        if lowest:
+            self._read_position = min(lowest)
+        self._read_ahead.clear()
+        self._delayed.clear()
+        self._due.clear()
         self._epoch += 1
         self.wake()
 
@@ -346,7 +352,34 @@ class PartitionSubscription:
             del self._dead[o]
         while self._read_ahead and self._read_ahead[0].offset <= offset:
             self._read_ahead.popleft()
+        self._drop_held(self.cursor.is_acked)
         self._save()
+        self.wake()
+
+    # ------------------------------------------------------------ transactional acks
+
+    def holds_unacked(self, offset: int) -> bool:
+        """Delivered (or on its way back) and not acknowledged: a transaction may ack it."""
+        return self._taken(offset) and not self.cursor.is_acked(offset)
+
+    def commit_txn_ack(self, offset: int) -> None:
+        """A committed transaction acknowledges ``offset`` (saved even while idle)."""
+        if self.cursor.closed or self.cursor.is_acked(offset):
+            return
+        self.cursor.ack(offset)
+        self._settle(offset)
+        self._save()
+        if not self._running:
+            self.persist()
+        self.wake()
+
+    def release_txn_ack(self, offset: int) -> None:
+        """An aborted transaction gives ``offset`` back: redeliver it now if still pending."""
+        pending = self._pending.get(offset)
+        if pending is None:
+            return
+        pending.consumer._take_back(self.partition, {offset})
+        self._take_back(offset, trio.current_time(), 0.0)
         self.wake()
 
     def _settle(self, offset: int) -> None:
@@ -427,6 +460,8 @@ class PartitionSubscription:
         self._read_ahead.clear()
         self._redeliver.clear()
         self._dead.clear()
+        self._delayed.clear()
+        self._due.clear()
         self.cursor.reset(offset)
         self._read_position = offset
         self._epoch += 1
@@ -461,9 +496,16 @@ class PartitionSubscription:
                 self._redeliver.remove(w.offset)
         for offset in [o for o in self._dead if is_acked(o)]:
             del self._dead[offset]
+        self._drop_held(is_acked)
         self._save()
         self.wake()
         return acked
+
+    def _drop_held(self, acked: Callable[[int], bool]) -> None:
+        """Forget delayed messages acknowledged meanwhile (purge, cumulative ack)."""
+        self._delayed.discard_if(acked)
+        for offset in [o for o in self._due if acked(o)]:
+            del self._due[offset]
 
     # ------------------------------------------------------------ the task
 
@@ -477,15 +519,20 @@ class PartitionSubscription:
         """Deliver while there are consumers (started by :meth:`add_consumer`)."""
         try:
             while self._dispatcher is not None and not self._closed:
-                self._persist()
+                self.persist()
                 if self._dead:
                     await self._publish_dead_letters()
                     continue
                 now = trio.current_time()
                 self._expire(now)
                 self._dispatch(now)
-                want_data = len(self._read_ahead) < self.read_ahead_limit
-                hw = await self.core.latest_offset(self.topic, self.partition)
+                if self._due_waiting():
+                    await self._load_due()
+                    continue
+                want_data = (
+                    len(self._read_ahead) < self.read_ahead_limit and not self._delayed.full
+                )
+                hw = await self._readable_end()
                 if want_data and self._read_position < hw:
                     try:
                         await self._fill()
@@ -503,7 +550,7 @@ class PartitionSubscription:
             self.close(f"subscription failed: {exc!r}")
         finally:
             self._running = False
-            self._persist()
+            self.persist()
 
     async def _sleep(self, now: float, want_data: bool) -> None:
         deadline = self._next_deadline(now)
@@ -512,26 +559,20 @@ class PartitionSubscription:
             if not want_data:
                 await event.wait()
                 return
-            gone: list[UnknownTopic] = []
-            async with trio.open_nursery() as nursery:
+            await wait_for_data_or(
+                self.core, self.topic, self.partition, self._read_position, event,
+                stable=self._read_committed,
+            )
 
-                async def until_data() -> None:
-                    try:
-                        await self.core.wait_for_data(
-                            self.topic, self.partition, self._read_position
-                        )
-                    except UnknownTopic as exc:
-                        gone.append(exc)
-                    nursery.cancel_scope.cancel()
+    @property
+    def _read_committed(self) -> bool:
+        return self.options.isolation is IsolationLevel.READ_COMMITTED
 
-                async def until_woken() -> None:
-                    await event.wait()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(until_data)
-                nursery.start_soon(until_woken)
-            if gone:
-                raise gone[0]
+    async def _readable_end(self) -> int:
+        """Where reading stops: the last stable offset (READ_COMMITTED) or the watermark."""
+        if self._read_committed:
+            return (await self.core._partition(self.topic, self.partition)).last_stable_offset
+        return await self.core.latest_offset(self.topic, self.partition)
 
     def _next_deadline(self, now: float) -> float:
         deadline = self._redeliver.next_ready_at(now)
@@ -539,7 +580,42 @@ class PartitionSubscription:
             first = next(iter(self._pending.values())).deadline
             if first is not None and (deadline is None or first < deadline):
                 deadline = first
+        due_ms = self._delayed.next_due_ms()
+        if due_ms is not None and len(self._due) < _DUE_BATCH:
+            # epoch ms -> trio time; at least 1 ms ahead so a clock step cannot spin
+            due = now + max(due_ms - self._clock_ms(), 1) / 1000
+            if deadline is None or due < deadline:
+                deadline = due
         return float("inf") if deadline is None else deadline
+
+    def _due_waiting(self) -> bool:
+        """Whether held messages are due and the due queue has room for them."""
+        due_ms = self._delayed.next_due_ms()
+        return (
+            due_ms is not None and due_ms <= self._clock_ms() and len(self._due) < _DUE_BATCH
+        )
+
+    async def _load_due(self) -> None:
+        """Read due delayed messages back from the log into the due queue."""
+        epoch = self._epoch
+        taken = self._delayed.pop_due(self._clock_ms(), _DUE_BATCH - len(self._due))
+        wanted = [o for _, o in taken if not self.cursor.is_acked(o) and not self._taken(o)]
+        self._loading = wanted
+        try:
+            found, gone = await read_offsets(self.core, self.topic, self.partition, wanted)
+        finally:
+            self._loading = []
+        if epoch != self._epoch or self.cursor.closed:
+            return  # a seek, a filter change or going idle meanwhile
+        for offset in wanted:
+            if self.cursor.is_acked(offset) or self._taken(offset):
+                continue
+            if offset in found:
+                message, publish_time_ms = found[offset]
+                self._due[offset] = _Buffered(offset, message, publish_time_ms)
+        for offset in gone:  # retention or compaction removed it: nothing to deliver
+            self.cursor.ack(offset)
+            self._save()
 
     def _expire(self, now: float) -> None:
         """Ack timeouts: pending messages past their deadline go back at once."""
@@ -555,10 +631,17 @@ class PartitionSubscription:
     async def _fill(self) -> None:
         """Read the next entries into the read-ahead (skip acked, auto-ack filtered)."""
         epoch = self._epoch
+        aborted = None
         try:
-            entries = await self.core.read(
-                self.topic, self.partition, self._read_position, self.read_bytes
-            )
+            if self._read_committed:
+                read = await read_committed(
+                    self.core, self.topic, self.partition, self._read_position, self.read_bytes
+                )
+                entries, aborted = read.entries, read.is_aborted
+            else:
+                entries = await self.core.read(
+                    self.topic, self.partition, self._read_position, self.read_bytes
+                )
         except OffsetOutOfRange as exc:
             if epoch != self._epoch:
                 return
@@ -574,14 +657,22 @@ class PartitionSubscription:
         auto_acked = False
         room = self.read_ahead_limit - len(self._read_ahead)
         now_ms = self._clock_ms()
+        shared = self.type is SubscriptionType.SHARED
         try:
             for entry in entries:
+                if aborted is not None and aborted(entry):  # an aborted transaction's data
+                    self.cursor.ack_range(self._read_position, entry.last_offset + 1)
+                    auto_acked = True
+                    self._read_position = entry.last_offset + 1
+                    continue
                 for stored in decode_batch(entry.batch):
                     offset = stored.offset
                     if (
                         offset < self._read_position
                         or self.cursor.is_acked(offset)
                         or self._taken(offset)
+                        or offset in self._delayed
+                        or offset in self._due
                     ):
                         continue
                     message = stored.message
@@ -595,6 +686,13 @@ class PartitionSubscription:
                         self.expired += expired
                         auto_acked = True
                         continue
+                    if shared and not to_dlq:
+                        due_ms = deliver_at_ms(message.headers)
+                        if due_ms is not None and due_ms > now_ms:
+                            if not self._delayed.add(offset, due_ms):
+                                self._read_position = offset  # index full: read again later
+                                return
+                            continue
                     if room <= 0:
                         # full: the rest of this batch is read again later
                         self._read_position = offset
@@ -638,6 +736,16 @@ class PartitionSubscription:
                 continue
             self._redeliver.remove(w.offset)
             self._deliver(target, w.offset, w.message, w.publish_time_ms, now)
+        for item in list(self._due.values()):
+            if self._expired(item.message, item.publish_time_ms, now_ms):
+                del self._due[item.offset]
+                self._expire_message(item)
+                continue
+            target = dispatcher.select(item.message.key)
+            if target is None:
+                return  # Shared: nobody has permits (only Shared holds messages back)
+            del self._due[item.offset]
+            self._deliver(target, item.offset, item.message, item.publish_time_ms, now)
         kept: deque[_Buffered] = deque()
         ahead = self._read_ahead
         while ahead:
@@ -726,7 +834,9 @@ class PartitionSubscription:
         # The task persists once per pass: an ack storm costs one to_bytes per pass.
         self._dirty = True
 
-    def _persist(self) -> None:
+    def persist(self) -> None:
+        """Hand the cursor to the store now if it changed (a coalesced write; the task
+        does this once per pass; :meth:`SubscriptionManager.flush` calls it first)."""
         if not self._dirty or self.store is None or self.cursor.closed:
             return
         try:
