@@ -171,9 +171,9 @@ def test_tune_ok_out_of_bounds_is_not_allowed(channel_max: int, frame_max: int) 
 
 @pytest.mark.parametrize(
     ("server", "client", "expected"),
-    [(60, 0, 60), (60, 30, 30), (60, 120, 60), (0, 10, 10), (0, 0, 0)],
+    [(60, 0, 0), (60, 30, 30), (60, 120, 120), (0, 10, 10), (0, 0, 0)],
 )
-def test_heartbeat_is_lower_nonzero_value(server: int, client: int, expected: int) -> None:
+def test_heartbeat_is_the_clients_value(server: int, client: int, expected: int) -> None:
     pair = ConnectionPair(ServerSettings(heartbeat=server))
     pair.handshake(heartbeat=client)
     assert pair.server.heartbeat_interval == expected
@@ -182,7 +182,7 @@ def test_heartbeat_is_lower_nonzero_value(server: int, client: int, expected: in
 def test_client_without_heartbeats_is_not_dropped_when_idle() -> None:
     pair = ConnectionPair(ServerSettings(heartbeat=60))
     pair.handshake(heartbeat=0)
-    assert pair.server.heartbeat_interval == 60  # we still send ours
+    assert pair.server.heartbeat_interval == 0  # the client's tune-ok value (RabbitMQ)
     assert pair.server.expects_heartbeats is False
     pair.server.timer_expired()
     assert pair.pump() == []

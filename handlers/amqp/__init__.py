@@ -1,8 +1,10 @@
 """AMQP 0-9-1 protocol handler.
 
-So far the sans-IO protocol layer: :class:`ServerConnection` (bytes in → events out, broker calls
-in → bytes out), its events, errors, framing and name validation.  The trio session and the broker
-logic (exchanges, queues on the core's subscriptions) build on it.
+:class:`AmqpHandler` is the plugin (entry point ``amqp``); :mod:`handlers.amqp.session` is the
+thin trio session; :mod:`handlers.amqp.broker` holds the broker logic (exchanges, queues on the
+core's subscriptions, bindings, vhosts, confirms).  Underneath is the sans-IO protocol layer:
+:class:`ServerConnection` (bytes in → events out, broker calls in → bytes out), its events,
+errors, framing and name validation.
 """
 
 from handlers.amqp.connection import (
@@ -32,6 +34,7 @@ from handlers.amqp.events import (
     Publish,
     VhostRequest,
 )
+from handlers.amqp.handler import AmqpHandler
 from handlers.amqp.names import NamePolicy
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "AMQPChannelError",
     "AMQPConnectionError",
     "AMQPError",
+    "AmqpHandler",
     "AuthenticationRequest",
     "ChannelClosed",
     "ChannelFlow",

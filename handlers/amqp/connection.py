@@ -28,7 +28,8 @@ Error codes chosen where the spec leaves room (following RabbitMQ where known):
 * content frames out of sequence → 505 UNEXPECTED_FRAME; undecodable method arguments → 501.
 * unknown SASL mechanism → 503 (RabbitMQ), bad credentials syntax or rejected login → 403.
 * tune-ok with frame-max below 4096 or above ours, or channel-max above ours → 530; 0 in
-  tune-ok means "take the server's value".  Heartbeat: the lower non-zero of both proposals.
+  tune-ok means "take the server's value" for frame-max and channel-max.  Heartbeat: the
+  client's tune-ok value, as RabbitMQ does (0 disables heartbeats both ways).
 * ``basic.publish`` with immediate=true and ``basic.qos`` with prefetch-size ≠ 0 → 540, as
   RabbitMQ.
 * Before tune-ok, incoming frames may be as large as *our* frame-max (the spec says 4096; being
@@ -38,10 +39,10 @@ Time is the session's job: after ``ConnectionTuned`` it should send :meth:`send_
 ``heartbeat_interval / 2`` seconds when idle and call :meth:`timer_expired` if nothing at all was
 received for ``2 * heartbeat_interval`` (or when a handshake or close-ok wait times out).
 
-Heartbeat negotiation takes the lower non-zero of both values, so we send heartbeats even to a
-client whose tune-ok said 0.  Such a client (amqp-tools' default) never sends any, though, so
-a missed-heartbeat deadline is only enforced when :attr:`expects_heartbeats` is true; otherwise
-``timer_expired`` on an open connection is ignored and an idle consumer is not dropped.
+Heartbeat negotiation follows RabbitMQ: the value the client sends in tune-ok is used (our
+``connection.tune`` only proposes).  A client whose tune-ok says 0 (amqp-tools' default) gets
+no heartbeats and is never dropped for silence: :attr:`expects_heartbeats` is false and
+``timer_expired`` on an open connection is ignored.
 """
 
 from __future__ import annotations
@@ -522,10 +523,10 @@ class ServerConnection:
                 10,
                 31,
             )
-        offers = [h for h in (ours.heartbeat, method.heartbeat) if h]
         self.channel_max = channel_max
         self.frame_max = frame_max
-        self.heartbeat_interval = min(offers) if offers else 0
+        # RabbitMQ's rule: the client's tune-ok value is final (0 disables heartbeats).
+        self.heartbeat_interval = method.heartbeat
         self.client_heartbeat = method.heartbeat
         self._reader.frame_max = frame_max
         self.state = ConnectionState.AWAIT_OPEN

@@ -1,0 +1,784 @@
+"""The trio session of one AMQP 0-9-1 connection: socket ↔ :class:`ServerConnection` ↔ broker.
+
+How it works
+------------
+One nursery per connection holds:
+
+* the **reader** (the session's main task): receives bytes, feeds the state machine and handles
+  its events in order.  Consecutive ``basic.publish`` events are collected and stored together
+  (one append per core topic, sharing the storage's group commit) before any other event is
+  handled, so per-channel ordering holds: a ``queue.purge`` after a publish sees it stored;
+* the **writer**: writes what the state machine queued whenever it is kicked;
+* a **heartbeat** task when heartbeats were negotiated;
+* one **delivery** task per consumer and source exchange (see :meth:`AmqpSession._pump`).  It
+  takes a message from its core consumer, waits until the channel's prefetch allows one more,
+  and sends ``basic.deliver``; so the client never holds more unacked messages than it asked
+  for, and the core never hands us more than ``prefetch`` per source.
+
+Timeouts all go through trio's clock: the handshake must finish within
+:data:`HANDSHAKE_TIMEOUT`, a client that promised heartbeats is dropped after two silent
+intervals, and a ``connection.close`` we sent waits :data:`CLOSE_TIMEOUT` for ``close-ok``.  At
+broker shutdown (``HandlerContext.stopping``) the client gets ``connection.close`` 320.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from pamqp import base, commands
+
+from core.api import wall_clock_ms
+from core.errors import CoreError
+from core.handler import ConnectionInfo
+from core.records import Message
+from core.subscriptions import Consumer, ConsumerClosed, Delivery, SubscriptionError
+from handlers.amqp.broker.bindings import DestinationKind
+from handlers.amqp.broker.confirms import ConfirmTracker
+from handlers.amqp.broker.consumers import AmqpConsumer, ChannelDeliveries, Unacked
+from handlers.amqp.broker.queues import Queue
+from handlers.amqp.broker.registry import Route
+from handlers.amqp.broker.vhosts import VhostDirectory, VirtualHost
+from handlers.amqp.connection import ServerConnection, ServerSettings
+from handlers.amqp.errors import AMQPChannelError, AMQPConnectionError, ReplyCode
+from handlers.amqp.events import (
+    AuthenticationRequest,
+    ChannelClosed,
+    ChannelFlow,
+    ChannelOpened,
+    ConnectionClosed,
+    ConnectionTuned,
+    Event,
+    MethodReceived,
+    Publish,
+    VhostRequest,
+)
+from handlers.amqp.mapping import message_to_amqp, publish_to_message
+
+__all__ = ["CLOSE_TIMEOUT", "HANDSHAKE_TIMEOUT", "AmqpSession"]
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
+RECEIVE_SIZE = 65536
+#: permits a consumer without prefetch limit asks the core for, per source exchange
+UNLIMITED_PERMITS = 256
+#: how long ``basic.get`` waits for the core to hand over a message it knows is there
+GET_WAIT = 0.5
+_GET_POLL = 0.01
+
+_connection_ids = iter(range(1, 2**62))
+#: core consumer names sort in registration order, so that the first AMQP consumer of a
+#: single-active-consumer queue is the active one (the core's Failover picks the lowest name)
+_consumer_seq = iter(range(1, 2**62))
+
+
+@dataclass(eq=False)
+class _Tx:
+    """Publishes and acknowledgements buffered by ``tx.select`` until commit."""
+
+    publishes: list[Publish] = field(default_factory=list)
+    settles: list[tuple[Unacked, str]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Channel:
+    number: int
+    deliveries: ChannelDeliveries = field(default_factory=ChannelDeliveries)
+    confirms: ConfirmTracker | None = None
+    tx: _Tx | None = None
+    scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    nurseries: dict[str, trio.Nursery] = field(default_factory=dict)
+    #: basic.get's core consumers per (queue, source), open until the channel closes
+    getters: dict[tuple[str, str], Consumer] = field(default_factory=dict)
+    credit: trio.Event = field(default_factory=trio.Event)
+    closed: bool = False
+    tag_seq: int = 0
+
+    def credit_changed(self) -> None:
+        self.credit.set()
+        self.credit = trio.Event()
+
+
+class _Listener:
+    """A consumer as its queue sees it (see :class:`~handlers.amqp.broker.vhosts.QueueListener`)."""
+
+    def __init__(self, session: AmqpSession, chan: _Channel, consumer: AmqpConsumer,
+                 queue: Queue) -> None:
+        self.session = session
+        self.chan = chan
+        self.consumer = consumer
+        self.queue = queue
+
+    def source_added(self, source: str) -> None:
+        nursery = self.chan.nurseries.get(self.consumer.tag)
+        if nursery is not None and not self.consumer.cancelled:
+            nursery.start_soon(self.session._pump, self.chan, self.consumer, self.queue, source)
+
+    def queue_deleted(self) -> None:
+        self.session._server_cancel(self.chan, self.consumer)
+
+
+class AmqpSession:
+    """One AMQP connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        info: ConnectionInfo,
+        vhosts: VhostDirectory,
+        settings: ServerSettings,
+        stopping: trio.Event | None = None,
+    ) -> None:
+        self.stream = stream
+        self.info = info
+        self.vhosts = vhosts
+        self.core = vhosts.core
+        self.conn = ServerConnection(settings)
+        self.id = next(_connection_ids)
+        self.peer = f"{info.peer_host}:{info.peer_port}"
+        self._stopping = stopping
+        self._vhost: VirtualHost | None = None
+        self._channels: dict[int, _Channel] = {}
+        self._kick = trio.Event()
+        self._written = trio.Event()
+        self._flush_requests = 0
+        self._flushed = 0
+        self._last_sent = 0.0
+        self._nursery: trio.Nursery | None = None
+        self._publishes: list[Publish] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the connection until it closes."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                if self._stopping is not None:
+                    nursery.start_soon(self._watch_stopping, self._stopping)
+                try:
+                    closed = await self._read_loop()
+                    log.info("amqp %s: closed (%s %s)", self.peer, closed.reply_code,
+                             closed.reply_text)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("amqp %s: connection lost (%s)", self.peer, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        for chan in list(self._channels.values()):
+            await self._drop_channel(chan)
+        self._channels.clear()
+        if self._vhost is not None:
+            try:
+                await self._vhost.delete_owned_by(self.id)
+            except (CoreError, SubscriptionError):
+                log.warning("amqp %s: could not delete exclusive queues", self.peer,
+                            exc_info=True)
+
+    async def _watch_stopping(self, stopping: trio.Event) -> None:
+        await stopping.wait()
+        self.conn.close(ReplyCode.CONNECTION_FORCED, "broker shutting down")
+        await self._flush()
+
+    def _receive_timeout(self) -> float:
+        state = self.conn.state.value
+        if state == "closing":
+            return CLOSE_TIMEOUT
+        if state != "open":
+            return HANDSHAKE_TIMEOUT
+        if self.conn.expects_heartbeats:
+            return 2.0 * self.conn.heartbeat_interval
+        return math.inf
+
+    async def _read_loop(self) -> ConnectionClosed:
+        while True:
+            with trio.move_on_after(self._receive_timeout()) as scope:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if scope.cancelled_caught:
+                self.conn.timer_expired()
+            else:
+                self.conn.receive_data(bytes(data))
+            closed = await self._handle_events()
+            await self._flush()
+            if closed is not None:
+                return closed
+
+    async def _flush(self) -> None:
+        """Return once everything queued so far has been written by the writer task.
+
+        Only the writer touches the socket, so a task cancelled while it waits here (a
+        cancelled consumer, say) never loses bytes that other tasks queued.
+        """
+        self._flush_requests += 1
+        wanted = self._flush_requests
+        self._kick.set()
+        while self._flushed < wanted:
+            await self._written.wait()
+
+    def _wake_writer(self) -> None:
+        self._kick.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick = trio.Event()
+            upto = self._flush_requests
+            data = self.conn.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+                self._last_sent = trio.current_time()
+            self._flushed = upto
+            written, self._written = self._written, trio.Event()
+            written.set()
+
+    async def _heartbeats(self, interval: int) -> None:
+        while True:
+            await trio.sleep(interval / 2)
+            if trio.current_time() - self._last_sent >= interval / 2:
+                self.conn.send_heartbeat()
+                await self._flush()
+
+    # ------------------------------------------------------------------ events
+
+    async def _handle_events(self) -> ConnectionClosed | None:
+        while True:
+            event = self.conn.next_event()
+            if event is None:
+                break
+            if isinstance(event, Publish):
+                self._publishes.append(event)
+                continue
+            if self._publishes:
+                await self._store_publishes()
+            if isinstance(event, ConnectionClosed):
+                return event
+            await self._handle(event)
+        if self._publishes:
+            await self._store_publishes()
+        return None
+
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, AuthenticationRequest):
+            await self._authenticate(event)
+        elif isinstance(event, ConnectionTuned):
+            if event.heartbeat and self._nursery is not None:
+                self._nursery.start_soon(self._heartbeats, event.heartbeat)
+        elif isinstance(event, VhostRequest):
+            vhost = await self.vhosts.open(event.vhost)
+            if vhost is None:
+                log.info("amqp %s: refused unknown vhost %r", self.peer, event.vhost)
+                self.conn.reject_vhost(
+                    f"access to vhost '{event.vhost}' refused for user '{self.conn.username}'")
+            else:
+                self._vhost = vhost
+                self.conn.accept_vhost()
+        elif isinstance(event, ChannelOpened):
+            self._channels[event.channel] = _Channel(event.channel)
+        elif isinstance(event, ChannelClosed):
+            chan = self._channels.pop(event.channel, None)
+            if chan is not None:
+                await self._drop_channel(chan)
+        elif isinstance(event, ChannelFlow):
+            chan = self._channels.get(event.channel)
+            if chan is not None:
+                chan.deliveries.active = event.active
+                chan.credit_changed()
+        elif isinstance(event, MethodReceived):
+            await self._method(event.channel, event.method)
+
+    async def _authenticate(self, request: AuthenticationRequest) -> None:
+        result = await self.core.users.authenticate_plain(
+            request.username, request.password, peer_is_loopback=self.info.peer_is_loopback)
+        if result.ok:
+            self.conn.accept_auth()
+            return
+        log.info("amqp %s: login of %r refused: %s", self.peer, request.username,
+                 result.outcome.value)
+        self.conn.reject_auth(
+            f"ACCESS_REFUSED - Login was refused using authentication mechanism "
+            f"{request.mechanism}. For details see the broker logfile.")
+
+    async def _method(self, number: int, method: base.Frame) -> None:
+        chan = self._channels.get(number)
+        handler = _METHODS.get(type(method))
+        if isinstance(method, commands.Connection.UpdateSecret):
+            self.conn.send_method(0, commands.Connection.UpdateSecretOk())
+            return
+        if chan is None or handler is None:
+            return
+        try:
+            await handler(self, chan, method)
+        except AMQPChannelError as exc:
+            log.info("amqp %s: channel %d: %s", self.peer, number, exc)
+            self.conn.close_channel(number, exc.reply_code, exc.reply_text, exc.class_id,
+                                    exc.method_id)
+            await self._drop_channel(chan)
+        except AMQPConnectionError as exc:
+            log.info("amqp %s: %s", self.peer, exc)
+            self.conn.close(exc.reply_code, exc.reply_text)
+        except (CoreError, SubscriptionError) as exc:
+            log.warning("amqp %s: channel %d: %s failed: %s", self.peer, number, method.name,
+                        exc)
+            self.conn.close(ReplyCode.INTERNAL_ERROR, f"{method.name} failed: {exc}")
+
+    def _reply(self, chan: _Channel, method: base.Frame, nowait: bool = False) -> None:
+        if not nowait:
+            self.conn.send_method(chan.number, method)
+
+    @property
+    def vhost(self) -> VirtualHost:
+        assert self._vhost is not None
+        return self._vhost
+
+    # ------------------------------------------------------------------ exchanges
+
+    async def _exchange_declare(self, chan: _Channel, m: commands.Exchange.Declare) -> None:
+        await self.vhost.declare_exchange(
+            m.exchange, m.exchange_type, durable=bool(m.durable),
+            auto_delete=bool(m.auto_delete), internal=bool(m.internal),
+            arguments=dict(m.arguments or {}), passive=bool(m.passive))
+        self._reply(chan, commands.Exchange.DeclareOk(), m.nowait)
+
+    async def _exchange_delete(self, chan: _Channel, m: commands.Exchange.Delete) -> None:
+        await self.vhost.delete_exchange(m.exchange, bool(m.if_unused))
+        self._reply(chan, commands.Exchange.DeleteOk(), m.nowait)
+
+    async def _exchange_bind(self, chan: _Channel, m: commands.Exchange.Bind) -> None:
+        await self.vhost.bind(DestinationKind.EXCHANGE, m.destination, m.source, m.routing_key,
+                              dict(m.arguments or {}), self.id)
+        self._reply(chan, commands.Exchange.BindOk(), m.nowait)
+
+    async def _exchange_unbind(self, chan: _Channel, m: commands.Exchange.Unbind) -> None:
+        await self.vhost.unbind(DestinationKind.EXCHANGE, m.destination, m.source,
+                                m.routing_key, dict(m.arguments or {}), self.id)
+        self._reply(chan, commands.Exchange.UnbindOk(), m.nowait)
+
+    # ------------------------------------------------------------------ queues
+
+    async def _queue_declare(self, chan: _Channel, m: commands.Queue.Declare) -> None:
+        status = await self.vhost.declare_queue(
+            m.queue, durable=bool(m.durable), exclusive=bool(m.exclusive),
+            auto_delete=bool(m.auto_delete), arguments=dict(m.arguments or {}),
+            passive=bool(m.passive), connection_id=self.id)
+        self._reply(chan, commands.Queue.DeclareOk(
+            queue=status.name, message_count=status.message_count,
+            consumer_count=status.consumer_count), m.nowait)
+
+    async def _queue_bind(self, chan: _Channel, m: commands.Queue.Bind) -> None:
+        await self.vhost.bind(DestinationKind.QUEUE, m.queue, m.exchange, m.routing_key,
+                              dict(m.arguments or {}), self.id)
+        self._reply(chan, commands.Queue.BindOk(), m.nowait)
+
+    async def _queue_unbind(self, chan: _Channel, m: commands.Queue.Unbind) -> None:
+        await self.vhost.unbind(DestinationKind.QUEUE, m.queue, m.exchange, m.routing_key,
+                                dict(m.arguments or {}), self.id)
+        self._reply(chan, commands.Queue.UnbindOk())
+
+    async def _queue_purge(self, chan: _Channel, m: commands.Queue.Purge) -> None:
+        count = await self.vhost.purge_queue(m.queue, self.id)
+        self._reply(chan, commands.Queue.PurgeOk(message_count=count), m.nowait)
+
+    async def _queue_delete(self, chan: _Channel, m: commands.Queue.Delete) -> None:
+        count = await self.vhost.delete_queue(
+            m.queue, if_unused=bool(m.if_unused), if_empty=bool(m.if_empty),
+            connection_id=self.id)
+        await self._flush()  # consumer cancel notifications first
+        self._reply(chan, commands.Queue.DeleteOk(message_count=count), m.nowait)
+
+    # ------------------------------------------------------------------ publish
+
+    async def _store_publishes(self) -> None:
+        batch, self._publishes = self._publishes, []
+        accepted: list[tuple[_Channel, Publish, Message, Route, int | None]] = []
+        refused: list[tuple[_Channel, int | None]] = []
+        pending: dict[str, int] = {}
+        failed: set[int] = set()
+        now = wall_clock_ms()
+        for publish in batch:
+            chan = self._channels.get(publish.channel)
+            if chan is None or chan.closed or publish.channel in failed:
+                continue
+            if chan.tx is not None:
+                chan.tx.publishes.append(publish)
+                continue
+            try:
+                message, route = self._route(publish, now)
+            except AMQPChannelError as exc:
+                failed.add(publish.channel)
+                self.conn.close_channel(publish.channel, exc.reply_code, exc.reply_text,
+                                        exc.class_id, exc.method_id)
+                await self._drop_channel(chan)
+                continue
+            seq = chan.confirms.publish() if chan.confirms is not None else None
+            if await self.vhost.refuses(route, pending):
+                refused.append((chan, seq))  # x-overflow=reject-publish: nacked, not stored
+                continue
+            accepted.append((chan, publish, message, route, seq))
+        ok = True
+        if accepted:
+            try:
+                await self.vhost.store([(msg, route) for _, _, msg, route, _ in accepted])
+                await self.vhost.trim([route for _, _, _, route, _ in accepted])
+            except (CoreError, SubscriptionError) as exc:
+                ok = False
+                log.warning("amqp %s: storing %d published message(s) failed: %s", self.peer,
+                            len(accepted), exc)
+        settle: dict[int, tuple[list[int], list[int]]] = {}
+        for chan, publish, _, route, seq in accepted:
+            if ok and publish.method.mandatory and not route.routed:
+                self.conn.send_content(
+                    chan.number,
+                    commands.Basic.Return(reply_code=312, reply_text="NO_ROUTE",
+                                          exchange=publish.method.exchange,
+                                          routing_key=publish.method.routing_key),
+                    publish.properties, publish.body)
+            if seq is not None:
+                settle.setdefault(chan.number, ([], []))[0 if ok else 1].append(seq)
+        for chan, seq in refused:
+            if seq is not None:
+                settle.setdefault(chan.number, ([], []))[1].append(seq)
+        for number, (acks, nacks) in settle.items():
+            confirms = self._channels[number].confirms
+            assert confirms is not None
+            for confirm in confirms.settle(acks, True) + confirms.settle(nacks, False):
+                method: base.Frame
+                if confirm.ack:
+                    method = commands.Basic.Ack(delivery_tag=confirm.delivery_tag,
+                                                multiple=confirm.multiple)
+                else:
+                    method = commands.Basic.Nack(delivery_tag=confirm.delivery_tag,
+                                                 multiple=confirm.multiple, requeue=False)
+                self.conn.send_method(number, method)
+
+    def _route(self, publish: Publish, now_ms: int) -> tuple[Message, Route]:
+        exchange = self.vhost.registry.exchange(publish.method.exchange, 60, 40)
+        if exchange.internal:
+            raise AMQPChannelError(
+                ReplyCode.ACCESS_REFUSED,
+                f"cannot publish to internal exchange '{exchange.name}' in vhost "
+                f"'{self.vhost.name}'", 60, 40)
+        message = publish_to_message(publish, now_ms)
+        return message, self.vhost.route(exchange.name, message)
+
+    # ------------------------------------------------------------------ consume
+
+    async def _basic_qos(self, chan: _Channel, m: commands.Basic.Qos) -> None:
+        chan.deliveries.qos(m.prefetch_count or 0, bool(m.global_))
+        chan.credit_changed()
+        self._reply(chan, commands.Basic.QosOk())
+
+    async def _basic_consume(self, chan: _Channel, m: commands.Basic.Consume) -> None:
+        vhost = self.vhost
+        queue = vhost.registry.queue(m.queue, 60, 20)
+        vhost.check_exclusive(queue, self.id, 20)
+        if not m.consumer_tag:
+            chan.tag_seq += 1
+        tag = m.consumer_tag or f"amq.ctag-{self.id}-{chan.number}-{chan.tag_seq}"
+        if tag in chan.deliveries.consumers:
+            raise AMQPConnectionError(
+                ReplyCode.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        listeners = vhost.listeners.get(queue.name, [])
+        if m.exclusive and listeners:
+            raise AMQPChannelError(
+                ReplyCode.ACCESS_REFUSED,
+                f"queue '{queue.name}' in vhost '{vhost.name}' in exclusive use", 60, 20)
+        if any(isinstance(x, _Listener) and x.consumer.exclusive for x in listeners):
+            raise AMQPChannelError(
+                ReplyCode.ACCESS_REFUSED,
+                f"queue '{queue.name}' in vhost '{vhost.name}' in exclusive use", 60, 20)
+        consumer = AmqpConsumer(tag, queue.name, chan.number, bool(m.no_ack), bool(m.exclusive),
+                                chan.deliveries.prefetch_consumer)
+        chan.deliveries.consumers[tag] = consumer
+        listener = _Listener(self, chan, consumer, queue)
+        vhost.add_listener(queue, listener)
+        self._reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag), m.nowait)
+        await self._flush()  # consume-ok before the first delivery
+        scope = trio.CancelScope()
+        chan.scopes[tag] = scope
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_consumer, chan, consumer, queue, listener, scope)
+
+    async def _run_consumer(self, chan: _Channel, consumer: AmqpConsumer, queue: Queue,
+                            listener: _Listener, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                chan.nurseries[consumer.tag] = nursery
+                for source in self.vhost.sources(queue.name):
+                    nursery.start_soon(self._pump, chan, consumer, queue, source)
+        chan.nurseries.pop(consumer.tag, None)
+        with trio.CancelScope(shield=True):
+            await self.vhost.consumer_gone(queue.name, listener)
+
+    def _permits(self, chan: _Channel, consumer: AmqpConsumer) -> int:
+        limits = [n for n in (consumer.prefetch, chan.deliveries.prefetch_channel) if n]
+        if consumer.no_ack or not limits:
+            return UNLIMITED_PERMITS
+        return min(min(limits), UNLIMITED_PERMITS)
+
+    async def _pump(self, chan: _Channel, consumer: AmqpConsumer, queue: Queue,
+                    source: str) -> None:
+        """Deliver one source exchange's messages of ``queue`` to ``consumer``."""
+        permits = self._permits(chan, consumer)
+        try:
+            core = await self.vhost.attach(
+                queue, source, f"{next(_consumer_seq):016d}-{consumer.tag}", permits)
+        except (CoreError, SubscriptionError) as exc:
+            log.warning("amqp %s: consumer %r cannot read %r from exchange %r: %s", self.peer,
+                        consumer.tag, queue.name, source, exc)
+            return
+        consumer.sources[source] = core
+        try:
+            core.flow(permits)
+            while True:
+                delivery = await core.receive()
+                while not chan.deliveries.has_credit(consumer):
+                    await chan.credit.wait()
+                self._deliver(chan, consumer, core, delivery, source)
+                await self._flush()
+                if not core.closed:
+                    core.flow(1)
+        except ConsumerClosed:
+            return
+        finally:
+            if consumer.no_ack or consumer.unacked == 0 or chan.closed:
+                core.close("consumer cancelled")
+
+    def _deliver(self, chan: _Channel, consumer: AmqpConsumer, core: Consumer,
+                 delivery: Delivery, source: str) -> None:
+        out = message_to_amqp(delivery.message)
+        if consumer.no_ack:
+            tag = chan.deliveries.next_tag()
+            core.ack(delivery.partition, delivery.offset)
+        else:
+            tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
+                                            consumer.queue, consumer)
+        method = commands.Basic.Deliver(
+            consumer_tag=consumer.tag, delivery_tag=tag,
+            redelivered=delivery.redelivery_count > 0, exchange=source,
+            routing_key=out.routing_key)
+        self.conn.send_content(chan.number, method, out.properties, out.body)
+
+    async def _basic_cancel(self, chan: _Channel, m: commands.Basic.Cancel) -> None:
+        consumer = chan.deliveries.consumers.pop(m.consumer_tag or "", None)
+        if consumer is not None:
+            self._stop_consumer(chan, consumer)
+        self._reply(chan, commands.Basic.CancelOk(consumer_tag=m.consumer_tag), m.nowait)
+
+    def _stop_consumer(self, chan: _Channel, consumer: AmqpConsumer) -> None:
+        consumer.cancelled = True
+        scope = chan.scopes.pop(consumer.tag, None)
+        if scope is not None:
+            scope.cancel()
+
+    def _server_cancel(self, chan: _Channel, consumer: AmqpConsumer) -> None:
+        """The queue was deleted: cancel and tell the client if it understands it."""
+        if chan.deliveries.consumers.pop(consumer.tag, None) is None:
+            return
+        self._stop_consumer(chan, consumer)
+        for core in consumer.sources.values():
+            core.close("queue deleted")
+        caps = self.conn.client_properties.get("capabilities")
+        if isinstance(caps, dict) and caps.get("consumer_cancel_notify"):
+            self.conn.send_method(chan.number, commands.Basic.Cancel(
+                consumer_tag=consumer.tag, nowait=True))
+            self._wake_writer()
+
+    async def _basic_get(self, chan: _Channel, m: commands.Basic.Get) -> None:
+        vhost = self.vhost
+        queue = vhost.registry.queue(m.queue, 60, 70)
+        vhost.check_exclusive(queue, self.id, 70)
+        vhost.touch(queue)
+        found = await self._get_one(chan, queue)
+        if found is None:
+            self._reply(chan, commands.Basic.GetEmpty())
+            return
+        core, delivery, source = found
+        out = message_to_amqp(delivery.message)
+        if m.no_ack:
+            tag = chan.deliveries.next_tag()
+            core.ack(delivery.partition, delivery.offset)
+        else:
+            tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
+                                            queue.name, None)
+        remaining = max(0, await vhost.message_count(queue) - 1)
+        self.conn.send_content(chan.number, commands.Basic.GetOk(
+            delivery_tag=tag, redelivered=delivery.redelivery_count > 0, exchange=source,
+            routing_key=out.routing_key, message_count=remaining), out.properties, out.body)
+
+    async def _get_one(self, chan: _Channel, queue: Queue
+                       ) -> tuple[Consumer, Delivery, str] | None:
+        """One message of ``queue`` for ``basic.get``, or None.
+
+        Each channel keeps one single-permit core consumer per (queue, source) until it
+        closes: a get grants the permit and waits up to :data:`GET_WAIT` for the core to hand
+        over a message the queue is known to hold.  A message that arrives after that waits
+        in the consumer for the channel's next get (at most one per source).
+        """
+        vhost = self.vhost
+        getters: list[tuple[str, Consumer]] = []
+        for source in vhost.sources(queue.name):
+            key = (queue.name, source)
+            core = chan.getters.get(key)
+            if core is None or core.closed:
+                core = await vhost.attach(queue, source, f"get-{self.id}-{chan.number}", 1)
+                chan.getters[key] = core
+            getters.append((source, core))
+        for source, core in getters:
+            if core.queued:
+                return core, core.receive_nowait(), source
+        if await vhost.message_count(queue) == 0:
+            return None
+        for _, core in getters:
+            core.flow(1)
+        with trio.move_on_after(GET_WAIT):
+            while True:
+                for source, core in getters:
+                    if core.queued:
+                        return core, core.receive_nowait(), source
+                await trio.sleep(_GET_POLL)
+        return None
+
+    # ------------------------------------------------------------------ acks
+
+    async def _basic_ack(self, chan: _Channel, m: commands.Basic.Ack) -> None:
+        items = chan.deliveries.take(m.delivery_tag, bool(m.multiple), 80)
+        self._settle(chan, items, "ack")
+
+    async def _basic_nack(self, chan: _Channel, m: commands.Basic.Nack) -> None:
+        items = chan.deliveries.take(m.delivery_tag, bool(m.multiple), 120)
+        self._settle(chan, items, "requeue" if m.requeue else "drop")
+
+    async def _basic_reject(self, chan: _Channel, m: commands.Basic.Reject) -> None:
+        items = chan.deliveries.take(m.delivery_tag or 0, False, 90)
+        self._settle(chan, items, "requeue" if m.requeue else "drop")
+
+    async def _basic_recover(self, chan: _Channel, m: commands.Basic.Recover) -> None:
+        self._settle(chan, chan.deliveries.take_all(), "requeue", now=True)
+        self._reply(chan, commands.Basic.RecoverOk())
+
+    async def _basic_recover_async(self, chan: _Channel, m: commands.Basic.RecoverAsync) -> None:
+        self._settle(chan, chan.deliveries.take_all(), "requeue", now=True)
+
+    def _settle(self, chan: _Channel, items: list[Unacked], how: str, now: bool = False) -> None:
+        if chan.tx is not None and not now:
+            chan.tx.settles.extend((item, how) for item in items)
+            return
+        for item in items:
+            try:
+                if how == "requeue":
+                    item.core.nack(item.partition, item.offset)
+                elif how == "drop":  # dead-lettered when the queue has a DLX
+                    item.core.reject(item.partition, item.offset)
+                else:
+                    item.core.ack(item.partition, item.offset)
+            except (ConsumerClosed, SubscriptionError):
+                pass  # the consumer is gone: the message was handed back already
+            owner = item.consumer
+            if owner is not None and owner.cancelled and owner.unacked == 0:
+                for core in owner.sources.values():
+                    core.close("consumer cancelled")
+        chan.credit_changed()
+
+    # ------------------------------------------------------------------ confirm, tx
+
+    async def _confirm_select(self, chan: _Channel, m: commands.Confirm.Select) -> None:
+        if chan.tx is not None:
+            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
+                                   "cannot switch from tx to confirm mode", 85, 10)
+        if chan.confirms is None:
+            chan.confirms = ConfirmTracker()
+        self._reply(chan, commands.Confirm.SelectOk(), m.nowait)
+
+    async def _tx_select(self, chan: _Channel, m: commands.Tx.Select) -> None:
+        if chan.confirms is not None:
+            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
+                                   "cannot switch from confirm to tx mode", 90, 10)
+        if chan.tx is None:
+            chan.tx = _Tx()
+        self._reply(chan, commands.Tx.SelectOk())
+
+    async def _tx_commit(self, chan: _Channel, m: commands.Tx.Commit) -> None:
+        if chan.tx is None:
+            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
+                                   "channel is not transactional", 90, 20)
+        tx, chan.tx = chan.tx, None
+        # Not atomic across a crash: the publishes are appended, then the acks applied.
+        self._publishes = list(tx.publishes)
+        try:
+            await self._store_publishes()
+        finally:
+            chan.tx = _Tx()
+        for item, how in tx.settles:
+            self._settle(chan, [item], how, now=True)
+        self._reply(chan, commands.Tx.CommitOk())
+
+    async def _tx_rollback(self, chan: _Channel, m: commands.Tx.Rollback) -> None:
+        if chan.tx is None:
+            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
+                                   "channel is not transactional", 90, 30)
+        # Rolled-back acks leave their messages unacked (as in RabbitMQ): give the tags back.
+        for item, _ in chan.tx.settles:
+            chan.deliveries.restore(item)
+        chan.tx = _Tx()
+        self._reply(chan, commands.Tx.RollbackOk())
+
+    # ------------------------------------------------------------------ channel end
+
+    async def _drop_channel(self, chan: _Channel) -> None:
+        """The channel is closing or closed: stop its consumers, requeue its unacked."""
+        if chan.closed:
+            return
+        chan.closed = True
+        chan.credit_changed()
+        for consumer in list(chan.deliveries.consumers.values()):
+            self._stop_consumer(chan, consumer)
+        unacked = chan.deliveries.take_all()
+        self._settle(chan, unacked, "requeue", now=True)
+        for consumer in list(chan.deliveries.consumers.values()):
+            for core in consumer.sources.values():
+                core.close("channel closed")
+        for item in unacked:
+            item.core.close("channel closed")
+        for core in chan.getters.values():
+            core.close("channel closed")
+        chan.getters.clear()
+        chan.deliveries.consumers.clear()
+
+
+_Handler = Callable[[AmqpSession, _Channel, Any], Any]
+
+_METHODS: dict[type[base.Frame], _Handler] = {
+    commands.Exchange.Declare: AmqpSession._exchange_declare,
+    commands.Exchange.Delete: AmqpSession._exchange_delete,
+    commands.Exchange.Bind: AmqpSession._exchange_bind,
+    commands.Exchange.Unbind: AmqpSession._exchange_unbind,
+    commands.Queue.Declare: AmqpSession._queue_declare,
+    commands.Queue.Bind: AmqpSession._queue_bind,
+    commands.Queue.Unbind: AmqpSession._queue_unbind,
+    commands.Queue.Purge: AmqpSession._queue_purge,
+    commands.Queue.Delete: AmqpSession._queue_delete,
+    commands.Basic.Qos: AmqpSession._basic_qos,
+    commands.Basic.Consume: AmqpSession._basic_consume,
+    commands.Basic.Cancel: AmqpSession._basic_cancel,
+    commands.Basic.Get: AmqpSession._basic_get,
+    commands.Basic.Ack: AmqpSession._basic_ack,
+    commands.Basic.Nack: AmqpSession._basic_nack,
+    commands.Basic.Reject: AmqpSession._basic_reject,
+    commands.Basic.Recover: AmqpSession._basic_recover,
+    commands.Basic.RecoverAsync: AmqpSession._basic_recover_async,
+    commands.Confirm.Select: AmqpSession._confirm_select,
+    commands.Tx.Select: AmqpSession._tx_select,
+    commands.Tx.Commit: AmqpSession._tx_commit,
+    commands.Tx.Rollback: AmqpSession._tx_rollback,
+}
