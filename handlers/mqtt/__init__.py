@@ -1,6 +1,7 @@
-"""Sans-IO MQTT 3.1.1 and 5.0 codec: packets, properties, framing, encoding and decoding.
+"""MQTT 3.1.1 and 5.0: the served handler (:class:`MqttHandler`) and its sans-IO codec.
 
-No sockets and no trio here; the session that moves bytes lives elsewhere.
+The codec (packets, properties, framing, encoding and decoding) has no sockets and no trio;
+the trio session that moves bytes is :mod:`handlers.mqtt.session`.
 """
 
 from .decoder import decode, decode_fixed_header, decode_packet
@@ -15,6 +16,7 @@ from .errors import (
     UnsupportedProtocolVersion,
 )
 from .framing import ABSOLUTE_MAX_PACKET_SIZE, PacketReader, Role
+from .handler import MqttHandler
 from .packet_types import MQTT_5, MQTT_311, PacketType
 from .packets import (
     Auth,
@@ -53,6 +55,7 @@ __all__ = [
     "EncodeError",
     "MQTTError",
     "MalformedPacket",
+    "MqttHandler",
     "NeedMoreData",
     "Packet",
     "PacketReader",

@@ -1,0 +1,431 @@
+"""Core subscriptions → PUBLISH packets to one connected client.
+
+How it works
+------------
+A session's MQTT subscriptions are served by durable core subscriptions (see
+:mod:`core.subscriptions`): one per core topic a filter spans, named ``mqtt:<client id>``
+(Exclusive), whatever the number of filters on that topic; a shared subscription
+``$share/<group>/<filter>`` uses the Shared core subscription ``mqtt-share:<group>:<filter>``.
+One :class:`Deliverer` per connection attaches one consumer to each of them and runs one task
+per consumer.  Each message read is matched against *all* the session's subscriptions
+(:meth:`SessionState.match`), so overlapping filters deliver it once, at the highest QoS, with
+every subscription identifier.  Messages no filter matches, expired ones and QoS 0 deliveries
+are acknowledged on the core at once; QoS 1/2 deliveries when the client acknowledges them
+(PUBACK, or PUBREC for QoS 2).
+
+Flow control: each consumer holds at most :data:`WINDOW` permits, QoS 1/2 deliveries also take
+a slot of the client's Receive Maximum, and bytes go to the connection's bounded send channel.
+A QoS 0 message that does not fit into that channel is dropped and counted (:attr:`dropped`);
+QoS 1/2 messages wait, so they stay in the log.  Nothing grows with a slow client.
+
+Filters whose first level is ``+`` or ``#`` span every core topic of the namespace, including
+topics created later: :class:`TopicDirectory` tells the deliverers about new topics.  Topics
+created by MQTT publishes are announced at once; topics created through other protocols are
+found by a rescan every ``scan_interval`` seconds, run only while some session has such a
+filter.  (A core "topic created" notification would replace the rescan.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import replace
+from typing import Any, Protocol
+
+import trio
+
+from core.api import Core
+from core.errors import CoreError
+from core.headers import is_expired
+from core.names import NamespaceName, TopicName
+from core.subscriptions import (
+    Consumer,
+    ConsumerClosed,
+    InitialPosition,
+    SubscriptionError,
+    SubscriptionManager,
+    SubscriptionType,
+)
+from core.subscriptions.types import Delivery
+
+from .mapping import delivery_qos, message_to_publish
+from .packets import Publish
+from .retained import RETAINED_TOPIC
+from .session_state import SessionState
+from .topic_mapping import (
+    AllTopics,
+    Concrete,
+    TopicNotMappable,
+    filter_core_topics,
+    record_to_mqtt_topic,
+    unescape_level,
+)
+
+__all__ = [
+    "FLOW_BATCH",
+    "WINDOW",
+    "Deliverer",
+    "Sink",
+    "Token",
+    "TopicDirectory",
+    "core_subscription_name",
+]
+
+log = logging.getLogger(__name__)
+
+#: permits one core consumer holds (messages read ahead for one client and core topic)
+WINDOW = 256
+#: settled messages whose permits are given back together (at most WINDOW)
+FLOW_BATCH = 32
+
+#: the core ack handle of one delivery
+Token = tuple[Consumer, int, int]
+_Key = tuple[str, str | None]  # (core topic, shared filter or None)
+
+
+def core_subscription_name(client_id: str, shared_filter: str | None = None) -> str:
+    """The core subscription serving a session (or a ``$share/<group>/...`` filter)."""
+    if shared_filter is None:
+        return f"mqtt:{client_id}"
+    group, _, rest = shared_filter[len("$share/"):].partition("/")
+    return f"mqtt-share:{group}:{rest}"
+
+
+class Sink(Protocol):
+    """The connection side of delivery (encoding, topic aliases, the send channel)."""
+
+    protocol_level: int
+
+    def try_send_publish(self, packet: Publish) -> bool | None:
+        """Queue without waiting: True when queued, False when the send channel is full,
+        None when the packet exceeds the client's Maximum Packet Size."""
+
+    async def send_publish(self, packet: Publish) -> bool:
+        """Queue, waiting for room; False when the packet is too large for the client."""
+
+    def is_local(self, core_topic: str, partition: int, offset: int) -> bool:
+        """Whether this connection published the message (for *no local*)."""
+
+
+class TopicDirectory:
+    """The core topics of the MQTT namespace that MQTT can reach (see the module docstring)."""
+
+    def __init__(self, core: Core, namespace: NamespaceName, scan_interval: float = 2.0) -> None:
+        self.core = core
+        self.namespace = namespace
+        self.scan_interval = scan_interval
+        self.topics: set[str] = set()
+        self._changed = trio.Event()
+        self._watchers = 0
+        self._watching = trio.Event()
+
+    @staticmethod
+    def reachable(name: str) -> bool:
+        """Whether a core topic has an MQTT first level (see ``topic_mapping``).
+
+        The retained-message topic of :mod:`handlers.mqtt.retained` is not.
+        """
+        if name == RETAINED_TOPIC:
+            return False
+        try:
+            unescape_level(name)
+        except TopicNotMappable:
+            return False
+        return True
+
+    def add(self, name: str) -> None:
+        """A topic exists (an MQTT publish created it): wake the watchers when it is new."""
+        if name not in self.topics and self.reachable(name):
+            self.topics.add(name)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def forget(self, name: str) -> None:
+        """A topic is gone (deleted); a later refresh or publish may bring it back."""
+        self.topics.discard(name)
+
+    async def refresh(self) -> None:
+        """Re-list the namespace's topics (finds topics created through other protocols)."""
+        try:
+            infos = await self.core.list_topics(self.namespace)
+        except CoreError as exc:
+            log.debug("mqtt: cannot list topics of %s: %s", self.namespace, exc)
+            return
+        for info in infos:
+            self.add(info.name.local)
+
+    async def wait_changed(self) -> None:
+        """Wait until a new topic appears (registers the caller as a watcher)."""
+        self._watchers += 1
+        self._watching.set()
+        try:
+            await self._changed.wait()
+        finally:
+            self._watchers -= 1
+            if not self._watchers:
+                self._watching = trio.Event()
+
+    async def run(self) -> None:
+        """Rescan every ``scan_interval`` seconds while someone watches."""
+        while True:
+            await self._watching.wait()
+            await trio.sleep(self.scan_interval)
+            if self._watchers:
+                await self.refresh()
+
+
+class Deliverer:
+    """Delivery to one connection of one session (see the module docstring)."""
+
+    def __init__(
+        self,
+        manager: SubscriptionManager,
+        directory: TopicDirectory,
+        state: SessionState[Token | None],
+        sink: Sink,
+        receive_maximum: int,
+        *,
+        wall_ms: Callable[[], int],
+    ) -> None:
+        self.manager = manager
+        self.directory = directory
+        self.namespace = directory.namespace
+        self.state = state
+        self.sink = sink
+        self._wall_ms = wall_ms
+        self._quota = trio.Semaphore(receive_maximum)
+        self._consumers: dict[_Key, Consumer] = {}
+        self._owed: dict[int, int] = {}  # permits to give back, by consumer id
+        self._sync_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._resync = trio.Event()
+        #: QoS 0 messages dropped because the client did not keep up
+        self.dropped = 0
+        #: messages sent
+        self.sent = 0
+
+    def _topic(self, name: str) -> TopicName:
+        return TopicName(self.namespace.tenant, self.namespace.namespace, name)
+
+    # ------------------------------------------------------------ consumers
+
+    def _wanted(self) -> tuple[set[_Key], set[str | None]]:
+        keys: set[_Key] = set()
+        everywhere: set[str | None] = set()
+        for entry in self.state.subscriptions.values():
+            shared = entry.topic_filter if entry.share_group is not None else None
+            span = filter_core_topics(entry.topic_filter)
+            if isinstance(span, Concrete) and self.directory.reachable(span.name):
+                keys.add((span.name, shared))
+            elif isinstance(span, AllTopics):
+                everywhere.add(shared)
+        for name in self.directory.topics:
+            for shared in everywhere:
+                keys.add((name, shared))
+        return keys, everywhere
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver until cancelled; consumers are closed on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.sync(InitialPosition.LATEST, refresh=self.spans_all_topics())
+                nursery.start_soon(self._watch_topics)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self.close()
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task of this connection's delivery (ends with it)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    def spans_all_topics(self) -> bool:
+        """Whether a subscription's first level is ``+`` or ``#``."""
+        return any(isinstance(filter_core_topics(f), AllTopics) for f in self.state.subscriptions)
+
+    async def _watch_topics(self) -> None:
+        while True:
+            _, everywhere = self._wanted()
+            if not everywhere:
+                # nothing spans every topic: sleep until a SUBSCRIBE calls sync()
+                self._resync = trio.Event()
+                await self._resync.wait()
+                continue
+            await self.directory.wait_changed()
+            # topics that appear after the subscription: everything in them is new
+            await self.sync(InitialPosition.EARLIEST)
+
+    async def sync(
+        self, start: InitialPosition = InitialPosition.LATEST, *, refresh: bool = False
+    ) -> set[str]:
+        """Attach consumers to what the subscriptions span now; detach from the rest.
+
+        Returns the core topics that could not be subscribed (logged; e.g. a topic that does
+        not exist while the core does not auto-create topics).
+        New core subscriptions start at ``start``.  With ``refresh`` the topic directory is
+        re-listed first (a new ``+``/``#`` filter: topics that exist now start at ``start``,
+        topics found later at the earliest offset).
+        """
+        async with self._sync_lock:
+            if refresh:
+                await self.directory.refresh()
+            keys, everywhere = self._wanted()
+            if everywhere:
+                self._resync.set()
+            for key in [k for k in self._consumers if k not in keys]:
+                await self._detach(key)
+            failed: set[str] = set()
+            for key in keys:
+                if key in self._consumers or self._nursery is None:
+                    continue
+                if not await self._attach(key, start):
+                    failed.add(key[0])
+            return failed
+
+    async def _attach(self, key: _Key, start: InitialPosition) -> bool:
+        name, shared = key
+        kind = SubscriptionType.EXCLUSIVE if shared is None else SubscriptionType.SHARED
+        try:
+            consumer = await self.manager.subscribe(
+                self._topic(name), core_subscription_name(self.state.client_id, shared), kind,
+                consumer_name=self.state.client_id, initial_position=start, max_permits=WINDOW)
+        except (CoreError, ValueError) as exc:
+            log.warning("mqtt: client %r cannot read core topic %s: %s",
+                        self.state.client_id, name, exc)
+            return False
+        self._consumers[key] = consumer
+        self.directory.add(name)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._deliver_from, consumer, name, shared)
+        return True
+
+    async def _detach(self, key: _Key) -> None:
+        consumer = self._consumers.pop(key)
+        consumer.close("unsubscribed")
+        self._owed.pop(consumer.consumer_id, None)
+        name, shared = key
+        if shared is None:
+            with suppress(SubscriptionError):
+                await self.manager.unsubscribe(
+                    self._topic(name), core_subscription_name(self.state.client_id), force=True)
+
+    def close(self) -> None:
+        """Close every consumer: unacknowledged messages go back to the core for redelivery."""
+        for consumer in self._consumers.values():
+            consumer.close("client disconnected")
+        self._consumers.clear()
+        self._owed.clear()
+        for _ in self.state.drop_outbound():
+            self._quota.release()
+
+    # ------------------------------------------------------------ delivery
+
+    async def _deliver_from(self, consumer: Consumer, core_topic: str, shared: str | None) -> None:
+        try:
+            consumer.flow(WINDOW)
+            while True:
+                delivery = await consumer.receive()
+                await self._deliver(consumer, core_topic, shared, delivery)
+        except ConsumerClosed:
+            key = (core_topic, shared)
+            if self._consumers.get(key) is consumer:  # closed by the core: topic deleted
+                del self._consumers[key]
+                self.directory.forget(core_topic)
+                log.info("mqtt: client %r no longer reads core topic %s: %s",
+                         self.state.client_id, core_topic, consumer.close_reason)
+
+    def _settle(self, token: Token) -> None:
+        consumer, partition, offset = token
+        if consumer.closed:
+            return
+        try:
+            consumer.ack(partition, offset)
+            # permits go back in batches: one wake-up of the subscription per FLOW_BATCH
+            owed = self._owed.get(consumer.consumer_id, 0) + 1
+            if owed >= FLOW_BATCH:
+                consumer.flow(owed)
+                owed = 0
+            self._owed[consumer.consumer_id] = owed
+        except SubscriptionError as exc:
+            log.debug("mqtt: ack of %s/%d failed: %s", partition, offset, exc)
+
+    def acknowledged(self, token: Token | None, *, release: bool = True) -> None:
+        """The client acknowledged a delivery: PUBACK, or PUBREC for QoS 2.
+
+        ``token`` is None for deliveries that are not from a core subscription (retained).
+        A QoS 2 delivery keeps its Receive Maximum slot until PUBCOMP (``release=False``
+        here, then :meth:`completed`).
+        """
+        if token is not None:
+            self._settle(token)
+        if release:
+            self._quota.release()
+
+    def completed(self) -> None:
+        """PUBCOMP received: the QoS 2 exchange frees its Receive Maximum slot."""
+        self._quota.release()
+
+    def hold_slots(self, count: int) -> None:
+        """Take ``count`` slots for QoS 2 exchanges resumed from an earlier connection."""
+        for _ in range(count):
+            try:
+                self._quota.acquire_nowait()
+            except trio.WouldBlock:
+                return
+
+    async def acquire_slot(self) -> None:
+        """Wait for a free slot of the client's Receive Maximum (released by acknowledged)."""
+        await self._quota.acquire()
+
+    async def _deliver(
+        self, consumer: Consumer, core_topic: str, shared: str | None, d: Delivery
+    ) -> None:
+        token: Token = (consumer, d.partition, d.offset)
+        msg = d.message
+        try:
+            match = self.state.match(
+                record_to_mqtt_topic(core_topic, msg.key, msg.headers), shared)
+        except TopicNotMappable:
+            match = None
+        now = self._wall_ms()
+        if (
+            match is None
+            or (match.no_local and self.sink.is_local(core_topic, d.partition, d.offset))
+            or is_expired(msg.headers, msg.timestamp_ms, now)
+        ):
+            self._settle(token)
+            return
+        level = self.sink.protocol_level
+        qos = delivery_qos(msg, match.qos)
+        if qos == 0:
+            packet = message_to_publish(
+                msg, core_topic, granted_qos=0, protocol_level=level,
+                retain_as_published=match.retain_as_published,
+                subscription_identifiers=match.identifiers, now_ms=now)
+            if self.sink.try_send_publish(packet):
+                self.sent += 1
+            else:
+                self.dropped += 1
+            self._settle(token)
+            return
+        await self._quota.acquire()
+        if consumer.closed:
+            self._quota.release()
+            return
+        pid = self.state.start_outbound(qos, token)
+        packet = message_to_publish(
+            msg, core_topic, granted_qos=qos, protocol_level=level,
+            retain_as_published=match.retain_as_published, packet_id=pid,
+            subscription_identifiers=match.identifiers, now_ms=now)
+        if d.redelivery_count:
+            packet = replace(packet, dup=True)
+        if await self.sink.send_publish(packet):
+            self.sent += 1
+            return
+        self.state.outbound.pop(pid, None)  # too large for the client: skipped
+        self.acknowledged(token)
+        self.dropped += 1
+

@@ -1,0 +1,684 @@
+"""The trio session of one MQTT connection: bytes in → codec → session state → core, and back.
+
+How it works
+------------
+:meth:`MqttSession.run` waits ``connect_timeout`` for CONNECT, checks the client id, the
+credentials (``core.users``) and the limits, attaches to the session registry (taking over an
+older connection with the same client id) and answers CONNACK with the server's limits.  Then
+three tasks share one nursery:
+
+* the *reader* feeds :class:`~handlers.mqtt.framing.PacketReader` and handles each packet in
+  order.  An inbound PUBLISH is appended to its core topic and acknowledged (PUBACK, PUBREC)
+  only once the append is durable; PUBLISH packets that arrive together (one read) are
+  stored with one append per core partition, so they share an fsync.  QoS 2 packet ids are
+  remembered until PUBREL (in the stored session too), so a re-sent PUBLISH is stored once.
+  The keep-alive deadline (1.5 x the keep alive in force) restarts with every read;
+* the *writer* drains a bounded channel of encoded packets into the stream;
+* the *deliverer* (:class:`~handlers.mqtt.delivery.Deliverer`) turns core subscriptions into
+  PUBLISH packets.
+
+How a connection ends decides what happens to the will: DISCONNECT 0x00 drops it; DISCONNECT
+0x04, the socket closing, a keep-alive timeout, a protocol error or a takeover publish it
+(after its Will Delay Interval); a broker shutdown (DISCONNECT 0x8B) does not.  When the
+reader stops, the writer still sends what is queued (within ``GOODBYE_TIMEOUT_S``).
+Protocol errors are logged, answered with DISCONNECT and the error's reason code on MQTT 5,
+and close the connection (3.1.1 just closes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import deque
+from contextlib import suppress
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import trio
+
+from core.errors import MessageTooLarge
+from core.handler import ConnectionInfo
+from core.headers import is_expired
+from core.listeners import format_host_port
+from core.records import Message
+
+from .delivery import Deliverer, Token
+from .encoder import encode
+from .errors import MQTTError, ProtocolError, UnsupportedProtocolVersion
+from .framing import PacketReader, Role
+from .mapping import delivery_qos, message_to_publish
+from .packet_types import MQTT_5, MQTT_311
+from .packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+from .properties import EMPTY_PROPERTIES, Properties
+from .reason_codes import ConnackReturnCodeV311, ReasonCode
+from .session_state import (
+    ConnectionState,
+    InboundResult,
+    OutboundAliases,
+    SessionState,
+    SubscriptionEntry,
+)
+from .sessions import NEVER_EXPIRES
+from .topic_mapping import (
+    AllTopics,
+    Concrete,
+    TopicNotMappable,
+    filter_core_topics,
+    mqtt_topic_to_core,
+)
+
+if TYPE_CHECKING:
+    from .handler import MqttContext
+
+__all__ = ["RECEIVE_SIZE", "SEND_QUEUE", "MqttSession"]
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 64 * 1024
+#: encoded packets waiting for the writer
+SEND_QUEUE = 256
+#: bytes gathered from the send queue into one write
+WRITE_CHUNK = 64 * 1024
+#: inbound PUBLISH packets stored with one append (when they arrive together)
+MAX_PUBLISH_BATCH = 256
+#: own publications remembered for *no local*
+LOCAL_MEMORY = 1024
+#: how long a closing connection may take to say goodbye
+GOODBYE_TIMEOUT_S = 2.0
+_STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class _End(Exception):
+    """End the connection: ``reason`` goes into a DISCONNECT (MQTT 5) unless None."""
+
+    def __init__(self, why: str, reason: int | None = None, *, will: bool = True) -> None:
+        super().__init__(why)
+        self.reason = reason
+        self.will = will
+
+
+class MqttSession:
+    """Serves one connected MQTT client (see the module docstring)."""
+
+    def __init__(self, stream: trio.abc.Stream, ctx: MqttContext, conn: ConnectionInfo) -> None:
+        self._stream = stream
+        self._ctx = ctx
+        self._conn = conn
+        self.peer = format_host_port(conn.peer_host, conn.peer_port)
+        self._reader = PacketReader(Role.SERVER, max_packet_size=ctx.settings.max_packet_size)
+        self.protocol_level = MQTT_311
+        self.max_packet_size: int | None = None
+        self.client_id = ""
+        self._send, self._outbox = trio.open_memory_channel[bytes](SEND_QUEUE)
+        self._state: SessionState[Token | None] | None = None
+        self._limits = ConnectionState(ctx.settings.topic_alias_maximum,
+                                       ctx.settings.receive_maximum)
+        self._deliverer: Deliverer | None = None
+        self._will: Will | None = None
+        self._keepalive = 0
+        self._scope = trio.CancelScope()
+        self._ending: _End | None = None
+        self._finished = trio.Event()
+        self._stream_broken = False
+        self._served = False
+        self._local: deque[tuple[str, int, int]] = deque()
+        self._local_set: set[tuple[str, int, int]] = set()
+        self._aliases = OutboundAliases(0)
+        self._alias_lock = trio.Lock()
+
+    # ------------------------------------------------------------ registry attachment
+
+    def kick(self, reason_code: int) -> None:
+        """Close this connection (takeover, shutdown); MQTT 5 clients get DISCONNECT."""
+        if self._ending is None:
+            self._ending = _End(f"closed by the server (0x{reason_code:02x})", reason_code)
+        self._scope.cancel()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    # ------------------------------------------------------------ Sink for the deliverer
+
+    def _encode_publish(self, packet: Publish, use_alias: bool) -> tuple[bytes | None, int]:
+        """``(bytes or None when too large, alias this packet establishes or 0)``."""
+        establishes = 0
+        if use_alias and self._aliases.maximum:
+            alias, known = self._aliases.lookup(packet.topic)
+            if alias is not None:
+                props = replace(packet.properties, topic_alias=alias)
+                if known:
+                    packet = replace(packet, topic="", properties=props)
+                else:
+                    packet = replace(packet, properties=props)
+                    establishes = alias
+        data = encode(packet, self.protocol_level)
+        if self.max_packet_size is not None and len(data) > self.max_packet_size:
+            return None, 0
+        return data, establishes
+
+    def try_send_publish(self, packet: Publish) -> bool | None:
+        # while a waiting sender holds the alias lock, aliases could be queued out of order
+        data, alias = self._encode_publish(packet, not self._alias_lock.locked())
+        if data is None:
+            return None
+        try:
+            self._send.send_nowait(data)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if alias:
+            self._aliases.commit(packet.topic, alias)
+        return True
+
+    async def send_publish(self, packet: Publish) -> bool:
+        async with self._alias_lock:
+            data, alias = self._encode_publish(packet, True)
+            if data is None:
+                return False
+            await self._send.send(data)
+            if alias:
+                self._aliases.commit(packet.topic, alias)
+            return True
+
+    def is_local(self, core_topic: str, partition: int, offset: int) -> bool:
+        return (core_topic, partition, offset) in self._local_set
+
+    def _remember_local(self, where: tuple[str, int, int]) -> None:
+        self._local.append(where)
+        self._local_set.add(where)
+        if len(self._local) > LOCAL_MEMORY:
+            self._local_set.discard(self._local.popleft())
+
+    async def _packet(self, packet: Packet) -> None:
+        await self._send.send(encode(packet, self.protocol_level))
+
+    # ------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; never raises for client misbehaviour."""
+        try:
+            connect = await self._read_connect()
+            if connect is None or not await self._accept(connect):
+                return
+            await self._serve()
+        except _STREAM_GONE:
+            log.debug("mqtt %s: connection lost before CONNACK", self.peer)
+        finally:
+            if self._state is not None and not self._served:  # attached, CONNACK failed
+                with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_TIMEOUT_S):
+                    await self._ctx.sessions.detach(self.client_id, self)
+            self._finished.set()
+
+    async def _read_connect(self) -> Connect | None:
+        with trio.move_on_after(self._ctx.settings.connect_timeout):
+            while True:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return None
+                self._reader.receive_data(data)
+                try:
+                    packet = self._reader.next_packet()
+                except UnsupportedProtocolVersion as exc:
+                    log.info("mqtt %s: %s", self.peer, exc)
+                    v5 = exc.protocol_level == MQTT_5
+                    code = exc.reason_code if v5 else exc.return_code_v311
+                    await self._stream.send_all(
+                        encode(ConnAck(False, code), MQTT_5 if v5 else MQTT_311))
+                    return None
+                except MQTTError as exc:
+                    log.info("mqtt %s: bad CONNECT, closing: %s", self.peer, exc)
+                    return None
+                if packet is not None:
+                    assert isinstance(packet, Connect)
+                    return packet
+        log.info("mqtt %s: no CONNECT within %gs, closing", self.peer,
+                 self._ctx.settings.connect_timeout)
+        return None
+
+    async def _refuse(self, connect: Connect, v5_code: int, v3_code: int, why: str) -> bool:
+        log.info("mqtt %s: refusing client %r: %s", self.peer, connect.client_id, why)
+        code = v5_code if self.protocol_level == MQTT_5 else v3_code
+        await self._stream.send_all(encode(ConnAck(False, code), self.protocol_level))
+        return False
+
+    async def _accept(self, connect: Connect) -> bool:
+        """Check CONNECT, attach the session, send CONNACK; False when refused."""
+        settings = self._ctx.settings
+        self.protocol_level = level = connect.protocol_level
+        v5 = level == MQTT_5
+        props = connect.properties
+        R, V3 = ReasonCode, ConnackReturnCodeV311
+        if props.authentication_method is not None:
+            return await self._refuse(connect, R.BAD_AUTHENTICATION_METHOD, V3.NOT_AUTHORIZED,
+                                      "enhanced authentication is not supported")
+        client_id = connect.client_id
+        assigned = None
+        if not client_id:
+            if not v5 and not connect.clean_start:
+                return await self._refuse(connect, R.CLIENT_IDENTIFIER_NOT_VALID,
+                                          V3.IDENTIFIER_REJECTED,
+                                          "empty client id without clean session")
+            client_id = assigned = f"ps-{uuid.uuid4().hex}"
+        if not await self._authenticate(connect):
+            return False
+        self.client_id = client_id
+        # limits
+        keepalive = connect.keep_alive
+        server_keepalive = None
+        if v5 and settings.max_keepalive and (keepalive == 0 or keepalive > settings.max_keepalive):
+            keepalive = server_keepalive = settings.max_keepalive
+        self._keepalive = keepalive
+        if v5:
+            requested = props.session_expiry_interval or 0
+        else:
+            requested = 0 if connect.clean_start else NEVER_EXPIRES
+        expiry = min(requested, settings.max_session_expiry)
+        self.max_packet_size = props.maximum_packet_size
+        self._aliases = OutboundAliases((props.topic_alias_maximum or 0) if v5 else 0)
+        client_receive_max = props.receive_maximum or 65535
+        state, present = await self._ctx.sessions.attach(
+            client_id, self, clean_start=connect.clean_start, protocol_level=level,
+            expiry_interval=expiry)
+        self._state = state
+        self._ctx.wills.cancel(client_id)
+        self._will = connect.will
+        self._deliverer = Deliverer(self._ctx.manager, self._ctx.directory, state, self,
+                                    client_receive_max, wall_ms=self._ctx.wall_ms)
+        ack_props = EMPTY_PROPERTIES
+        if v5:
+            ack_props = Properties(
+                session_expiry_interval=expiry if expiry != requested else None,
+                assigned_client_identifier=assigned,
+                server_keep_alive=server_keepalive,
+                receive_maximum=settings.receive_maximum,
+                topic_alias_maximum=settings.topic_alias_maximum or None,
+                maximum_packet_size=settings.max_packet_size,
+                retain_available=1,
+                wildcard_subscription_available=1,
+                subscription_identifier_available=1,
+                shared_subscription_available=1,
+            )
+        await self._stream.send_all(encode(ConnAck(present, 0, ack_props), level))
+        log.info("mqtt %s: client %r connected (MQTT %s, keep alive %ds, session %s, "
+                 "expiry %ds)", self.peer, client_id, "5.0" if v5 else "3.1.1", keepalive,
+                 "resumed" if present else "new", expiry)
+        return True
+
+    async def _authenticate(self, connect: Connect) -> bool:
+        R, V3 = ReasonCode, ConnackReturnCodeV311
+        if connect.username is None:
+            if self._ctx.settings.allow_anonymous:
+                return True
+            return await self._refuse(connect, R.NOT_AUTHORIZED, V3.NOT_AUTHORIZED,
+                                      "anonymous clients are not allowed")
+        try:
+            password = (connect.password or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            password = "\x00invalid"
+        result = await self._ctx.core.users.authenticate_plain(
+            connect.username, password, peer_is_loopback=self._conn.peer_is_loopback)
+        if result.ok:
+            return True
+        return await self._refuse(connect, R.BAD_USER_NAME_OR_PASSWORD,
+                                  V3.BAD_USER_NAME_OR_PASSWORD,
+                                  f"login of {connect.username!r} failed: {result.outcome.value}")
+
+    async def _serve(self) -> None:
+        assert self._state is not None and self._deliverer is not None
+        state, deliverer = self._state, self._deliverer
+        self._served = True
+        try:
+            with self._scope:
+                async with trio.open_nursery() as outer:
+                    outer.start_soon(self._writer)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch_stopping)
+                        resumed = list(state.pending_releases())
+                        deliverer.hold_slots(len(resumed))
+                        for pid in resumed:
+                            await self._packet(PubRel(pid))
+                        await nursery.start(deliverer.run)
+                        await self._read_loop()
+                        nursery.cancel_scope.cancel()
+                    # let the writer send what is queued (the last acks), within a bound
+                    outer.cancel_scope.deadline = trio.current_time() + GOODBYE_TIMEOUT_S
+                    self._send.close()
+        except Exception as exc:  # a bug must not take other connections down
+            log.exception("mqtt %s: client %r: internal error", self.peer, self.client_id)
+            self._ending = self._ending or _End(f"internal error: {exc!r}",
+                                                ReasonCode.UNSPECIFIED_ERROR)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _finish(self) -> None:
+        assert self._state is not None
+        ending = self._ending or _End("connection closed", None)
+        goodbye = bytearray()
+        while True:  # what was queued before the end (acks of the last publications)
+            try:
+                goodbye += self._outbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        if ending.reason is not None and self.protocol_level == MQTT_5:
+            goodbye += encode(Disconnect(ending.reason), MQTT_5)
+        if goodbye and not self._stream_broken:
+            with trio.move_on_after(GOODBYE_TIMEOUT_S), suppress(*_STREAM_GONE):
+                await self._stream.send_all(goodbye)
+        dropped = ""
+        if self._deliverer is not None:
+            self._deliverer.close()
+            if self._deliverer.dropped:
+                self._ctx.dropped_qos0 += self._deliverer.dropped
+                dropped = f" ({self._deliverer.dropped} QoS 0 message(s) dropped: slow client)"
+        log.info("mqtt %s: client %r disconnected: %s%s", self.peer, self.client_id, ending,
+                 dropped)
+        if ending.will and self._will is not None:
+            delay = self._will.properties.will_delay_interval or 0
+            self._ctx.wills.trigger(self.client_id, self._will, delay)
+        with trio.move_on_after(GOODBYE_TIMEOUT_S):
+            try:
+                await self._ctx.sessions.detach(self.client_id, self)
+            except Exception:
+                log.exception("mqtt: detaching client %r failed", self.client_id)
+
+    async def _watch_stopping(self) -> None:
+        await self._ctx.stopping.wait()
+        if self._ending is None:  # wills are for clients that fail, not for a broker restart
+            self._ending = _End("server shutting down", ReasonCode.SERVER_SHUTTING_DOWN,
+                                will=False)
+        self.kick(ReasonCode.SERVER_SHUTTING_DOWN)
+
+    async def _writer(self) -> None:
+        try:
+            async for data in self._outbox:
+                # let the other tasks of this connection queue what they have ready, then
+                # send it all in one write (one syscall, not one per packet)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                chunk = bytearray(data)
+                while len(chunk) < WRITE_CHUNK:
+                    try:
+                        chunk += self._outbox.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                # a send_all cut short leaves the stream unusable: no goodbye then
+                self._stream_broken = True
+                await self._stream.send_all(chunk)
+                self._stream_broken = False
+        except _STREAM_GONE:
+            if self._ending is None:
+                self._ending = _End("connection lost while writing")
+            self._scope.cancel()
+
+    async def _read_loop(self) -> None:
+        timeout = math.inf if not self._keepalive else self._keepalive * 1.5
+        try:
+            while True:
+                with trio.move_on_after(timeout) as scope:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                if scope.cancelled_caught:
+                    raise _End(f"keep alive timeout ({self._keepalive}s)",
+                               ReasonCode.KEEP_ALIVE_TIMEOUT)
+                if not data:
+                    raise _End("connection closed by the client")
+                self._reader.receive_data(data)
+                await self._drain()
+        except _End as end:
+            self._ending = end
+        except MQTTError as exc:
+            log.warning("mqtt %s: client %r broke the protocol (0x%02x): %s", self.peer,
+                        self.client_id, exc.reason_code, exc)
+            self._ending = _End(f"protocol error: {exc}", exc.reason_code)
+        except _STREAM_GONE:
+            self._ending = _End("connection lost")
+
+    async def _drain(self) -> None:
+        """Handle every complete packet received; runs of PUBLISH are stored together."""
+        batch: list[Publish] = []
+        try:
+            while (packet := self._reader.next_packet()) is not None:
+                if isinstance(packet, Publish):
+                    batch.append(packet)
+                    if len(batch) >= MAX_PUBLISH_BATCH:
+                        batch, done = [], batch
+                        await self._on_publishes(done)
+                    continue
+                if batch:
+                    batch, done = [], batch
+                    await self._on_publishes(done)
+                await self._handle(packet)
+        finally:
+            if batch:  # the packets before a protocol error still count
+                with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_TIMEOUT_S):
+                    await self._on_publishes(batch)
+
+    # ------------------------------------------------------------ packets
+
+    async def _handle(self, packet: Packet) -> None:
+        assert self._state is not None and self._deliverer is not None
+        state = self._state
+        if isinstance(packet, Publish):
+            await self._on_publishes([packet])
+        elif isinstance(packet, PubAck):
+            flight = state.puback(packet.packet_id)
+            if flight is not None:
+                self._deliverer.acknowledged(flight.token)
+        elif isinstance(packet, PubRec):
+            release, flight = state.pubrec(packet.packet_id, packet.reason_code)
+            if flight is not None:
+                self._deliverer.acknowledged(flight.token, release=not release)
+            if release:
+                await self._packet(PubRel(packet.packet_id))
+            elif self.protocol_level == MQTT_5 and flight is None:
+                await self._packet(PubRel(packet.packet_id,
+                                          ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+        elif isinstance(packet, PubRel):
+            known = state.release(packet.packet_id)
+            if known:
+                self._ctx.sessions.save_soon(state)
+            code = 0 if known or self.protocol_level != MQTT_5 else \
+                ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+            await self._packet(PubComp(packet.packet_id, code))
+        elif isinstance(packet, PubComp):
+            if state.pubcomp(packet.packet_id):
+                self._deliverer.completed()
+        elif isinstance(packet, Subscribe):
+            await self._on_subscribe(packet)
+        elif isinstance(packet, Unsubscribe):
+            await self._on_unsubscribe(packet)
+        elif isinstance(packet, PingReq):
+            await self._packet(PingResp())
+        elif isinstance(packet, Disconnect):
+            self._on_disconnect(packet)
+        elif isinstance(packet, Auth):
+            raise ProtocolError("AUTH without enhanced authentication")
+        else:  # the reader only passes packets a client may send
+            raise ProtocolError(f"unexpected {type(packet).__name__}")
+
+    async def _on_publishes(self, packets: list[Publish]) -> None:
+        """Store a run of inbound PUBLISH packets, then acknowledge each in order.
+
+        Topic aliases, QoS 2 duplicates and the Receive Maximum are checked packet by packet;
+        a protocol error stops the run, and the packets before it are still stored and
+        acknowledged before the error closes the connection.
+        """
+        assert self._state is not None
+        state = self._state
+        plan: list[tuple[Publish, bool]] = []  # (packet, store it?)
+        error: MQTTError | None = None
+        in_flight = len(state.inbound_qos2)
+        batch_qos2: set[int] = set()
+        for packet in packets:
+            try:
+                packet = self._resolve_alias(packet)
+                pid = packet.packet_id
+                if packet.qos == 2 and pid is not None and (
+                        pid in batch_qos2
+                        or state.classify_qos2(pid) == InboundResult.DUPLICATE):
+                    plan.append((packet, False))
+                    continue
+                if packet.qos:
+                    self._limits.check_receive_maximum(in_flight)
+                    in_flight += 1
+                if packet.qos == 2 and pid is not None:
+                    batch_qos2.add(pid)
+                plan.append((packet, True))
+            except MQTTError as exc:
+                error = exc
+                break
+        results = iter(await self._ctx.store_many([p for p, store in plan if store]))
+        end: _End | None = None
+        for packet, store in plan:
+            code = 0
+            if store:
+                result = next(results)
+                if not isinstance(result, Exception):
+                    self._remember_local((result.core_topic, result.partition, result.offset))
+                else:
+                    try:
+                        code = self._refusal(packet, result)
+                    except _End as exc:
+                        end = end or exc
+                        continue
+            pid = packet.packet_id
+            if pid is None or end is not None:
+                continue
+            if packet.qos == 1:
+                await self._packet(PubAck(pid, code))
+            else:
+                if code < 0x80:
+                    state.stored_qos2(pid)
+                await self._packet(PubRec(pid, code))
+        if batch_qos2:
+            self._ctx.sessions.save_soon(state)
+        if end is not None:
+            raise end
+        if error is not None:
+            raise error
+
+    def _resolve_alias(self, packet: Publish) -> Publish:
+        props = packet.properties
+        if props.topic_alias is None:
+            return packet
+        topic = self._limits.resolve_topic(packet.topic, props.topic_alias)
+        return replace(packet, topic=topic, properties=replace(props, topic_alias=None))
+
+    def _refusal(self, packet: Publish, exc: Exception) -> int:
+        """The reason code for a PUBLISH the core refused (MQTT 3.1.1: raise _End)."""
+        v5 = self.protocol_level == MQTT_5
+        if isinstance(exc, TopicNotMappable):
+            if packet.topic.startswith("$"):
+                log.debug("mqtt %s: dropping a publish to %r", self.peer, packet.topic)
+                return ReasonCode.NO_MATCHING_SUBSCRIBERS if v5 else 0
+            log.warning("mqtt %s: client %r: %s", self.peer, self.client_id, exc)
+            if v5:
+                return ReasonCode.TOPIC_NAME_INVALID
+            raise _End(f"unmappable topic {packet.topic[:60]!r}")
+        log.warning("mqtt %s: client %r: cannot store a publish to %r: %s", self.peer,
+                    self.client_id, packet.topic, exc)
+        if not v5:
+            raise _End(f"message refused: {exc}")
+        if isinstance(exc, MessageTooLarge):
+            return ReasonCode.QUOTA_EXCEEDED
+        return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR
+
+    async def _on_subscribe(self, packet: Subscribe) -> None:
+        assert self._state is not None and self._deliverer is not None
+        state = self._state
+        ids = packet.properties.subscription_identifiers
+        identifier = ids[0] if ids else None
+        codes: list[int] = []
+        fresh: list[tuple[SubscriptionEntry, bool]] = []
+        for sub in packet.subscriptions:
+            entry = SubscriptionEntry(sub.topic_filter, sub.qos, sub.no_local,
+                                      sub.retain_as_published, sub.retain_handling, identifier)
+            existed = state.subscribe(entry)
+            fresh.append((entry, existed))
+            codes.append(sub.qos)
+        failed = await self._deliverer.sync(refresh=any(
+            isinstance(filter_core_topics(e.topic_filter), AllTopics) for e, _ in fresh))
+        if failed:
+            for n, (entry, _) in enumerate(fresh):
+                span = filter_core_topics(entry.topic_filter)
+                if isinstance(span, Concrete) and span.name in failed:
+                    codes[n] = ReasonCode.UNSPECIFIED_ERROR
+                    state.unsubscribe(entry.topic_filter)
+            fresh = [f for n, f in enumerate(fresh) if codes[n] < 0x80]
+        await self._ctx.sessions.save(state)
+        await self._packet(SubAck(packet.packet_id, tuple(codes)))
+        retained: list[tuple[str, Message, SubscriptionEntry]] = []
+        for entry, existed in fresh:
+            if entry.share_group is not None or entry.retain_handling == 2 or (
+                    entry.retain_handling == 1 and existed):
+                continue
+            retained += [(topic, message, entry)
+                         for topic, message in self._ctx.retained.matching(entry.topic_filter)]
+        if retained:  # in a task: QoS 1/2 ones may wait for PUBACKs that this reader handles
+            self._deliverer.spawn(self._send_retained, retained)
+
+    async def _send_retained(self, retained: list[tuple[str, Message, SubscriptionEntry]]) -> None:
+        for topic, message, entry in retained:
+            await self._send_one_retained(topic, message, entry)
+
+    async def _send_one_retained(
+        self, topic: str, message: Message, entry: SubscriptionEntry
+    ) -> None:
+        assert self._state is not None and self._deliverer is not None
+        now = self._ctx.wall_ms()
+        if is_expired(message.headers, message.timestamp_ms, now):
+            return
+        try:
+            core_topic, _ = mqtt_topic_to_core(topic)
+        except TopicNotMappable:
+            return
+        qos = delivery_qos(message, entry.qos)
+        pid = None
+        if qos:
+            await self._deliverer.acquire_slot()
+            pid = self._state.start_outbound(qos, None)
+        ids = () if entry.identifier is None else (entry.identifier,)
+        packet = message_to_publish(message, core_topic, granted_qos=qos,
+                                    protocol_level=self.protocol_level,
+                                    retain_as_published=True, packet_id=pid,
+                                    subscription_identifiers=ids, now_ms=now)
+        await self._packet(replace(packet, retain=True))
+
+    async def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+        assert self._state is not None and self._deliverer is not None
+        codes = tuple(
+            ReasonCode.SUCCESS if self._state.unsubscribe(f)
+            else ReasonCode.NO_SUBSCRIPTION_EXISTED
+            for f in packet.topic_filters)
+        await self._deliverer.sync()
+        await self._ctx.sessions.save(self._state)
+        await self._packet(UnsubAck(packet.packet_id,
+                                    codes if self.protocol_level == MQTT_5 else ()))
+
+    def _on_disconnect(self, packet: Disconnect) -> None:
+        assert self._state is not None
+        expiry = packet.properties.session_expiry_interval
+        if expiry is not None:
+            if self._state.expiry_interval == 0 and expiry != 0:
+                raise ProtocolError("session expiry set on DISCONNECT after 0 at CONNECT")
+            self._state.expiry_interval = min(expiry, self._ctx.settings.max_session_expiry)
+        will = packet.reason_code == ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+        raise _End(f"DISCONNECT 0x{packet.reason_code:02x}", None, will=will)
+
