@@ -8,18 +8,58 @@ their offsets, whatever its compression.
 
 This module decodes records, so it is for the AMQP/MQTT paths only: the Kafka
 path never calls it.
+
+How the codec works
+-------------------
+Both directions are hand-written loops over ``bytes``; kafka-python is used only
+for its compression codecs (:mod:`kafka.codec`) and CRC-32C.  The batch header
+is one ``struct`` call (:data:`core.batch.HEADER`).  Each record is::
+
+    length varint | attributes int8 | timestamp_delta varlong | offset_delta varint |
+    key (varint length, -1 = null) | value (same) |
+    header count varint, then per header: key (varint length, UTF-8) |
+    value (varint length, -1 = null)
+
+with zigzag varints (:mod:`core.varint`).  The decoder inlines the one-byte
+varint case (nearly every length, delta and count) and calls
+:func:`core.varint.decode_varint` for longer ones.  Every slice is checked
+against the end of its record and every record against the end of the records
+section, so malformed input raises :class:`CorruptBatch`, never ``IndexError``.
+The encoder builds each record body in a small ``bytearray``, then appends its
+length and the body to the batch buffer; lengths come from
+:data:`core.varint.VARINT_TABLE`.  Its output is byte-for-byte what
+kafka-python's ``DefaultRecordBatchBuilder`` produces (``tests/test_records_fast.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 
-from kafka.errors import KafkaError
-from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from kafka import codec as _codec
+from kafka.record.util import calc_crc32c
 
-from core.batch import CONTROL_MASK, HEADER_SIZE
+from core.batch import (
+    ATTRIBUTES_START,
+    COMPRESSION_MASK,
+    CONTROL_MASK,
+    CRC_START,
+    HEADER,
+    HEADER_SIZE,
+    LENGTH_END,
+    TIMESTAMP_TYPE_MASK,
+    TRANSACTIONAL_MASK,
+)
 from core.errors import CorruptBatch
+from core.varint import (
+    NULL_VARINT,
+    SHORT_VARINTS,
+    TABLE_SIZE,
+    VARINT_TABLE,
+    decode_varint,
+    encode_varint,
+)
 
 CODEC_NONE = 0
 CODEC_GZIP = 1
@@ -27,6 +67,27 @@ CODEC_SNAPPY = 2
 CODEC_LZ4 = 3
 CODEC_ZSTD = 4
 _MAX_BUILD_BYTES = 2**31 - 1
+
+_CRC = struct.Struct(">I")
+#: Smallest record body: attributes, timestamp delta, offset delta, key, value, header count.
+_MIN_RECORD = 6
+#: Smallest header: key length and value length.
+_MIN_HEADER = 2
+#: Shortest control record key: version int16, type int16.
+_CONTROL_KEY_SIZE = 4
+
+_ENCODERS: dict[int, tuple[str, Callable[[], bool], Callable[[bytes], bytes]]] = {
+    CODEC_GZIP: ("gzip", _codec.has_gzip, _codec.gzip_encode),
+    CODEC_SNAPPY: ("snappy", _codec.has_snappy, _codec.snappy_encode),
+    CODEC_LZ4: ("lz4", _codec.has_lz4, _codec.lz4_encode),
+    CODEC_ZSTD: ("zstd", _codec.has_zstd, _codec.zstd_encode),
+}
+_DECODERS: dict[int, tuple[str, Callable[[], bool], Callable[[bytes], bytes]]] = {
+    CODEC_GZIP: ("gzip", _codec.has_gzip, _codec.gzip_decode),
+    CODEC_SNAPPY: ("snappy", _codec.has_snappy, _codec.snappy_decode),
+    CODEC_LZ4: ("lz4", _codec.has_lz4, _codec.lz4_decode),
+    CODEC_ZSTD: ("zstd", _codec.has_zstd, _codec.zstd_decode),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +110,26 @@ class StoredMessage:
     control: bool = False
 
 
+def _slot_setters(
+    cls: type, names: tuple[str, ...]
+) -> tuple[Callable[[object, object], None], ...]:
+    """The slot descriptors' setters of ``cls``'s fields, checked to be exactly ``names``.
+
+    The decoder builds :class:`Message` and :class:`StoredMessage` objects with
+    ``object.__new__`` and these setters: the same slots a frozen dataclass's
+    ``__init__`` fills through ``object.__setattr__``, at about half the cost.
+    The check makes any change to the fields (or a ``__post_init__``) fail at
+    import rather than build half-initialised objects.
+    """
+    if tuple(f.name for f in fields(cls)) != names or hasattr(cls, "__post_init__"):
+        raise RuntimeError(f"update core.records' fast constructor for {cls.__name__}")
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_MESSAGE_SETTERS = _slot_setters(Message, ("key", "value", "headers", "timestamp_ms"))
+_STORED_SETTERS = _slot_setters(StoredMessage, ("offset", "message", "control"))
+
+
 def build_batch(
     messages: Iterable[Message],
     compression: int = CODEC_NONE,
@@ -60,42 +141,290 @@ def build_batch(
 ) -> bytes:
     """Encode ``messages`` as one v2 record batch (base offset 0; the core sets it).
 
-    Raises ``ValueError`` for an empty message list.  With a codec, the batch is
-    compressed unless compression would not make it smaller.
+    Raises ``ValueError`` for an empty message list, an unknown compression
+    codec or a batch over 2 GiB.  With a codec, the batch is compressed unless
+    compression would not make it smaller.  A header value of ``None`` is
+    written as a null header value.
     """
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=compression,
-        is_transactional=transactional,
-        producer_id=producer_id,
-        producer_epoch=producer_epoch,
-        base_sequence=base_sequence,
-        batch_size=_MAX_BUILD_BYTES,
-    )
-    count = 0
-    for i, msg in enumerate(messages):
-        builder.append(i, msg.timestamp_ms, msg.key, msg.value, list(msg.headers))
-        count += 1
+    encoder = None
+    if compression != CODEC_NONE:
+        if compression not in _ENCODERS:
+            raise ValueError(f"unknown compression codec {compression}")
+        name, available, encoder = _ENCODERS[compression]
+        if not available():
+            raise ValueError(f"the {name} codec is not installed")
+    out = bytearray(HEADER_SIZE)
+    count, first_ts, max_ts = _append_records(out, messages)
     if count == 0:
         raise ValueError("a record batch needs at least one message")
-    return bytes(builder.build())
+    attributes = TRANSACTIONAL_MASK if transactional else 0
+    if encoder is not None:
+        records = bytes(out[HEADER_SIZE:])
+        compressed = encoder(records)
+        if len(compressed) < len(records):
+            del out[HEADER_SIZE:]
+            out += compressed
+            attributes |= compression
+    HEADER.pack_into(
+        out, 0, 0, len(out) - LENGTH_END, 0, 2, 0, attributes, count - 1, first_ts, max_ts,
+        producer_id, producer_epoch, base_sequence, count,
+    )
+    _CRC.pack_into(out, CRC_START, calc_crc32c(memoryview(out)[ATTRIBUTES_START:]))
+    return bytes(out)
+
+
+def _append_records(out: bytearray, messages: Iterable[Message]) -> tuple[int, int, int]:
+    """Append every message to ``out`` as a record (offset delta = its index).
+
+    Returns ``(count, first timestamp, max timestamp)``; timestamp deltas are
+    relative to the first message's timestamp, as a Kafka producer writes them.
+    Raises ``ValueError`` as soon as the batch would not fit its int32 length.
+    """
+    table = VARINT_TABLE
+    size = TABLE_SIZE
+    enc = encode_varint
+    null = NULL_VARINT
+    count = first_ts = max_ts = 0
+    for msg in messages:
+        ts = msg.timestamp_ms
+        if count == 0:
+            first_ts = max_ts = ts
+        elif ts > max_ts:
+            max_ts = ts
+        body = bytearray(b"\x00")  # record attributes
+        n = ts - first_ts
+        body += table[n] if 0 <= n < size else enc(n)
+        body += table[count] if count < size else enc(count)
+        key = msg.key
+        if key is None:
+            body += null
+        else:
+            n = len(key)
+            body += table[n] if n < size else enc(n)
+            body += key
+        value = msg.value
+        if value is None:
+            body += null
+        else:
+            n = len(value)
+            body += table[n] if n < size else enc(n)
+            body += value
+        headers = msg.headers
+        n = len(headers)
+        body += table[n] if n < size else enc(n)
+        for h_key, h_value in headers:
+            raw = h_key.encode()
+            n = len(raw)
+            body += table[n] if n < size else enc(n)
+            body += raw
+            if h_value is None:
+                body += null
+            else:
+                n = len(h_value)
+                body += table[n] if n < size else enc(n)
+                body += h_value
+        n = len(body)
+        out += table[n] if n < size else enc(n)
+        out += body
+        count += 1
+        if len(out) - LENGTH_END > _MAX_BUILD_BYTES:
+            raise ValueError(f"record batch over {_MAX_BUILD_BYTES} bytes")
+    return count, first_ts, max_ts
 
 
 def decode_batch(batch: bytes | memoryview) -> list[StoredMessage]:
     """Decode every record of one v2 batch (decompressing as needed).
 
-    Raises :class:`CorruptBatch` when the records do not parse.
+    Null keys and values decode as ``None``, empty ones as ``b""``; a null
+    header value decodes as ``b""``.  Records of a control batch come back with
+    ``control=True``.  Offsets are the batch's base offset plus each record's
+    offset delta; with the LogAppendTime bit set every record gets the batch's
+    max timestamp.  Raises :class:`CorruptBatch` when the batch or its records
+    do not parse (including trailing bytes after the last record).
     """
-    if len(batch) < HEADER_SIZE:
+    buf = batch if type(batch) is bytes else bytes(batch)
+    if len(buf) < HEADER_SIZE:
         raise CorruptBatch("batch shorter than its header")
+    (base_offset, _, _, magic, _, attributes, _, first_ts, max_ts, _, _, _,
+     count) = HEADER.unpack_from(buf)
+    if magic != 2:
+        raise CorruptBatch(f"record batch magic {magic}, only 2 is supported")
+    if count < 0:
+        raise CorruptBatch(f"negative record count {count}")
+    codec = attributes & COMPRESSION_MASK
+    if codec == CODEC_NONE:
+        pos = HEADER_SIZE
+    else:
+        buf = _decompress(codec, buf[HEADER_SIZE:])
+        pos = 0
+    append_ts = max_ts if attributes & TIMESTAMP_TYPE_MASK else None
+    control = bool(attributes & CONTROL_MASK)
     try:
-        parsed = DefaultRecordBatch(batch)
-        control = bool(parsed.attributes & CONTROL_MASK)
-        out: list[StoredMessage] = []
-        for record in parsed:
-            headers = [(k, v if v is not None else b"") for k, v in record.headers]
-            msg = Message(record.key, record.value, headers, record.timestamp)
-            out.append(StoredMessage(record.offset, msg, control))
-    except (KafkaError, ValueError, IndexError, OSError, EOFError) as exc:
-        raise CorruptBatch(f"cannot decode record batch: {exc}") from None
+        return _decode_records(buf, pos, count, base_offset, first_ts, append_ts, control)
+    except CorruptBatch:
+        raise
+    except (IndexError, ValueError) as exc:  # ran off the end; long varint; bad UTF-8
+        raise CorruptBatch(f"cannot decode record batch: {exc!r}") from None
+
+
+def _decompress(codec: int, data: bytes) -> bytes:
+    """The records section of a compressed batch, decompressed."""
+    if codec not in _DECODERS:
+        raise CorruptBatch(f"unknown compression codec {codec}")
+    name, available, decoder = _DECODERS[codec]
+    if not available():
+        raise CorruptBatch(f"the {name} codec is not installed")
+    try:
+        return bytes(decoder(data))
+    except Exception as exc:  # each codec library raises its own error types
+        raise CorruptBatch(f"cannot decompress {name} records: {exc!r}") from None
+
+
+def _decode_records(
+    buf: bytes,
+    pos: int,
+    count: int,
+    base_offset: int,
+    first_ts: int,
+    append_ts: int | None,
+    control: bool,
+) -> list[StoredMessage]:
+    """Decode ``count`` records from ``buf[pos:]``, which they must fill exactly.
+
+    Each varint is one lookup of its first byte in :data:`SHORT_VARINTS` (the
+    value, or ``None`` when the varint is longer and :func:`decode_varint` reads
+    it); record and value lengths also decode two-byte varints inline.  Reading
+    a byte past the end of ``buf`` raises ``IndexError``, which the caller turns
+    into :class:`CorruptBatch`; slices are checked against the end of their
+    record, so they never silently come back short.
+    """
+    end = len(buf)
+    short = SHORT_VARINTS
+    slow = decode_varint
+    new = object.__new__
+    set_key, set_value, set_headers, set_ts = _MESSAGE_SETTERS
+    set_offset, set_message, set_control = _STORED_SETTERS
+    message_cls = Message
+    stored_cls = StoredMessage
+    out: list[StoredMessage] = []
+    add = out.append
+    for _ in range(count):
+        b = buf[pos]
+        n = short[b]
+        if n is not None:
+            pos += 1
+        elif buf[pos + 1] < 0x80:  # two bytes: records of 64 bytes to 8 KiB
+            n = (b & 0x7F) | (buf[pos + 1] << 7)
+            n = (n >> 1) ^ -(n & 1)
+            pos += 2
+        else:
+            n, pos = slow(buf, pos)
+        rec_end = pos + n
+        if n < _MIN_RECORD or rec_end > end:
+            raise CorruptBatch(f"record length {n} out of range at byte {pos}")
+        pos += 1  # record attributes (int8, unused)
+
+        ts_delta = short[buf[pos]]
+        if ts_delta is None:
+            ts_delta, pos = slow(buf, pos)
+        else:
+            pos += 1
+        offset_delta = short[buf[pos]]
+        if offset_delta is None:
+            offset_delta, pos = slow(buf, pos)
+        else:
+            pos += 1
+
+        n = short[buf[pos]]
+        if n is None:
+            n, pos = slow(buf, pos)
+        else:
+            pos += 1
+        key: bytes | None
+        if n >= 0:
+            stop = pos + n
+            if stop > rec_end:
+                raise CorruptBatch(f"key of {n} bytes runs past its record")
+            key = buf[pos:stop]
+            pos = stop
+        elif n == -1:
+            key = None
+        else:
+            raise CorruptBatch(f"invalid key length {n}")
+
+        b = buf[pos]
+        n = short[b]
+        if n is not None:
+            pos += 1
+        elif buf[pos + 1] < 0x80:  # two bytes: values of 64 bytes to 8 KiB
+            n = (b & 0x7F) | (buf[pos + 1] << 7)
+            n = (n >> 1) ^ -(n & 1)
+            pos += 2
+        else:
+            n, pos = slow(buf, pos)
+        value: bytes | None
+        if n >= 0:
+            stop = pos + n
+            if stop > rec_end:
+                raise CorruptBatch(f"value of {n} bytes runs past its record")
+            value = buf[pos:stop]
+            pos = stop
+        elif n == -1:
+            value = None
+        else:
+            raise CorruptBatch(f"invalid value length {n}")
+
+        count_h = short[buf[pos]]
+        if count_h is None:
+            count_h, pos = slow(buf, pos)
+        else:
+            pos += 1
+        headers: list[tuple[str, bytes]] = []
+        if count_h:
+            if count_h < 0 or count_h * _MIN_HEADER > rec_end - pos:
+                raise CorruptBatch(f"invalid header count {count_h}")
+            add_header = headers.append
+            for _ in range(count_h):
+                n = short[buf[pos]]
+                if n is None:
+                    n, pos = slow(buf, pos)
+                else:
+                    pos += 1
+                stop = pos + n
+                if n < 0 or stop > rec_end:
+                    raise CorruptBatch(f"invalid header key length {n}")
+                h_key = buf[pos:stop].decode()
+                pos = stop
+                n = short[buf[pos]]
+                if n is None:
+                    n, pos = slow(buf, pos)
+                else:
+                    pos += 1
+                if n >= 0:
+                    stop = pos + n
+                    if stop > rec_end:
+                        raise CorruptBatch(f"header value of {n} bytes runs past its record")
+                    add_header((h_key, buf[pos:stop]))
+                    pos = stop
+                elif n == -1:
+                    add_header((h_key, b""))
+                else:
+                    raise CorruptBatch(f"invalid header value length {n}")
+
+        if pos != rec_end:
+            raise CorruptBatch(f"record ends at byte {pos}, its length says {rec_end}")
+        if control and (key is None or len(key) < _CONTROL_KEY_SIZE):
+            raise CorruptBatch("control record without a version and type key")
+        msg = new(message_cls)
+        set_key(msg, key)
+        set_value(msg, value)
+        set_headers(msg, headers)
+        set_ts(msg, first_ts + ts_delta if append_ts is None else append_ts)
+        stored = new(stored_cls)
+        set_offset(stored, base_offset + offset_delta)
+        set_message(stored, msg)
+        set_control(stored, control)
+        add(stored)
+    if pos != end:
+        raise CorruptBatch(f"{end - pos} bytes left after the last record")
     return out
