@@ -96,16 +96,42 @@ class Client:
         return await self.next()
 
 
+class CountingStream(trio.abc.Stream):
+    """The server's end of the pipe, counting its socket writes."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 async def start(nursery: trio.Nursery, vhosts: VhostDirectory, info: ConnectionInfo = LOOPBACK,
-                stopping: trio.Event | None = None) -> Client:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
+                stopping: trio.Event | None = None,
+                server_stream: trio.abc.Stream | None = None) -> Client:
+    client_stream, pipe = trio.testing.memory_stream_pair()
+    if server_stream is None:
+        server_stream = pipe
+    elif isinstance(server_stream, CountingStream):
+        server_stream.inner = pipe
     session = AmqpSession(server_stream, info, vhosts, ServerSettings(heartbeat=60), stopping)
 
     async def serve() -> None:  # as the broker does: it closes the stream after serve()
         try:
             await session.run()
         finally:
-            await server_stream.aclose()
+            await session.stream.aclose()
 
     nursery.start_soon(serve)
     return Client(client_stream, FrameReader(1 << 20, 1 << 22))
@@ -230,4 +256,76 @@ async def test_publish_confirm_consume_through_the_session(vhosts: VhostDirector
         assert isinstance(cancel, commands.Basic.Cancel) and cancel.consumer_tag == "c1"
         delete_ok = await client.next()
         assert isinstance(delete_ok, commands.Queue.DeleteOk)
+        nursery.cancel_scope.cancel()
+
+
+async def open_channel(client: Client, queue: str) -> None:
+    assert isinstance(await client.login(), commands.Connection.OpenOk)
+    await client.send(1, commands.Channel.Open())
+    assert isinstance(await client.next(), commands.Channel.OpenOk)
+    await client.send(1, commands.Queue.Declare(queue=queue))
+    assert isinstance(await client.next(), commands.Queue.DeclareOk)
+
+
+async def publish(client: Client, queue: str, bodies: list[bytes]) -> None:
+    data = b"".join(method_frame(1, commands.Basic.Publish(exchange="", routing_key=queue))
+                    + content_frames(1, body, commands.Basic.Properties()) for body in bodies)
+    await client.stream.send_all(data)
+
+
+async def test_a_burst_of_ready_messages_goes_out_in_few_writes(vhosts: VhostDirectory) -> None:
+    counting = CountingStream(trio.testing.memory_stream_pair()[1])
+    bodies = [b"b%d" % i for i in range(100)]
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, vhosts, server_stream=counting)
+        await open_channel(client, "burst-q")
+        await client.send(1, commands.Confirm.Select())
+        assert isinstance(await client.next(), commands.Confirm.SelectOk)
+        await publish(client, "burst-q", bodies)
+        confirmed = 0
+        while confirmed < 100:
+            ack = await client.next()
+            assert isinstance(ack, commands.Basic.Ack)
+            confirmed = ack.delivery_tag
+        await client.send(1, commands.Basic.Consume(queue="burst-q", consumer_tag="c"))
+        assert isinstance(await client.next(), commands.Basic.ConsumeOk)
+        before = counting.writes
+        got = []
+        for _ in bodies:
+            assert isinstance(await client.next(), commands.Basic.Deliver)
+            await client.next()
+            _, body = await client.next()  # type: ignore[misc]
+            got.append(body)
+        assert got == bodies
+        # one write per burst the core hands over, not one per message
+        assert counting.writes - before <= 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_tx_publishes_reach_a_consumer_only_at_commit(vhosts: VhostDirectory) -> None:
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, vhosts)
+        await open_channel(client, "tx-s-q")
+        await client.send(1, commands.Basic.Consume(queue="tx-s-q", consumer_tag="c",
+                                                    no_ack=True))
+        assert isinstance(await client.next(), commands.Basic.ConsumeOk)
+        await client.send(2, commands.Channel.Open())
+        assert isinstance(await client.next(), commands.Channel.OpenOk)
+        await client.send(2, commands.Tx.Select())
+        assert isinstance(await client.next(), commands.Tx.SelectOk)
+        for body in (b"gone", b"kept"):
+            await client.send(2, commands.Basic.Publish(exchange="", routing_key="tx-s-q"))
+            await client.stream.send_all(content_frames(2, body, commands.Basic.Properties()))
+            with trio.move_on_after(0.3):  # stored, but not delivered before the end
+                assert await client.next() is None
+            end = commands.Tx.Rollback() if body == b"gone" else commands.Tx.Commit()
+            await client.send(2, end)
+            reply = await client.next()
+            assert isinstance(reply, (commands.Tx.RollbackOk, commands.Tx.CommitOk))
+        deliver = await client.next()
+        assert isinstance(deliver, commands.Basic.Deliver) and deliver.delivery_tag == 1
+        await client.next()
+        assert await client.next() == ("body", b"kept")
+        with trio.move_on_after(0.3):
+            assert await client.next() is None
         nursery.cancel_scope.cancel()

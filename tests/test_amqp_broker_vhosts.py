@@ -15,6 +15,7 @@ from core.names import NamespaceName
 from core.records import Message, decode_batch
 from core.subscriptions import SubscriptionManager, open_subscription_manager
 from handlers.amqp.broker.bindings import DestinationKind
+from handlers.amqp.broker.topics import NAME_MEMO_SIZE, TopicNames
 from handlers.amqp.broker.vhosts import (
     VhostDirectory,
     VirtualHost,
@@ -58,6 +59,18 @@ def test_exchange_topic_names_escape_what_topics_cannot_hold() -> None:
     assert exchange_topic_name("é") == "=C3=A9"
     long = exchange_topic_name("é" * 127)
     assert len(long) <= 200 and long != exchange_topic_name("é" * 126 + "a")
+
+
+def test_topic_names_are_memoised_within_a_bound() -> None:
+    names = TopicNames(NamespaceName("acme", "prod"))
+    topic = names.exchange_topic("a b")
+    assert str(topic) == "persistent://acme/prod/a=20b"
+    assert names.exchange_topic("a b") is topic
+    assert str(names.queue_topic("a b")) == "persistent://acme/prod/amq.queue.a=20b"
+    for i in range(NAME_MEMO_SIZE + 10):
+        assert names.queue_topic(f"q{i}").local == f"amq.queue.q{i}"
+    assert len(names._queues) <= NAME_MEMO_SIZE
+    assert names.exchange_topic("a b") is topic  # the other kind's memo is untouched
 
 
 async def test_unknown_vhost_is_refused(core: Core, subs: SubscriptionManager) -> None:

@@ -10,10 +10,13 @@ One nursery per connection holds:
   handled, so per-channel ordering holds: a ``queue.purge`` after a publish sees it stored;
 * the **writer**: writes what the state machine queued whenever it is kicked;
 * a **heartbeat** task when heartbeats were negotiated;
-* one **delivery** task per consumer and source exchange (see :meth:`AmqpSession._pump`).  It
-  takes a message from its core consumer, waits until the channel's prefetch allows one more,
-  and sends ``basic.deliver``; so the client never holds more unacked messages than it asked
-  for, and the core never hands us more than ``prefetch`` per source.
+* one **consumer** task per ``basic.consume`` with a delivery pump per source exchange
+  (:mod:`handlers.amqp.delivery`).
+
+Per-channel state is :class:`~handlers.amqp.channels.Channel`; consumers, ``basic.get`` and
+acks live in :class:`~handlers.amqp.delivery.DeliveryMixin`, confirm and tx mode (on the core's
+transaction engine) in :class:`~handlers.amqp.tx.TxMixin`.  A transactional channel's
+publishes are routed with the others but appended inside its transaction.
 
 Timeouts all go through trio's clock: the handshake must finish within
 :data:`HANDSHAKE_TIMEOUT`, a client that promised heartbeats is dropped after two silent
@@ -26,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -36,13 +38,12 @@ from core.api import wall_clock_ms
 from core.errors import CoreError
 from core.handler import ConnectionInfo
 from core.records import Message
-from core.subscriptions import Consumer, ConsumerClosed, Delivery, SubscriptionError
+from core.subscriptions import SubscriptionError
+from core.transactions import TransactionError
 from handlers.amqp.broker.bindings import DestinationKind
-from handlers.amqp.broker.confirms import ConfirmTracker
-from handlers.amqp.broker.consumers import AmqpConsumer, ChannelDeliveries, Unacked
-from handlers.amqp.broker.queues import Queue
 from handlers.amqp.broker.registry import Route
 from handlers.amqp.broker.vhosts import VhostDirectory, VirtualHost
+from handlers.amqp.channels import Channel
 from handlers.amqp.connection import ServerConnection, ServerSettings
 from handlers.amqp.errors import AMQPChannelError, AMQPConnectionError, ReplyCode
 from handlers.amqp.events import (
@@ -57,7 +58,8 @@ from handlers.amqp.events import (
     Publish,
     VhostRequest,
 )
-from handlers.amqp.mapping import message_to_amqp, publish_to_message
+from handlers.amqp.mapping import publish_to_message
+from handlers.amqp.tx import TxMixin
 
 __all__ = ["CLOSE_TIMEOUT", "HANDSHAKE_TIMEOUT", "AmqpSession"]
 
@@ -66,65 +68,10 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 RECEIVE_SIZE = 65536
-#: permits a consumer without prefetch limit asks the core for, per source exchange
-UNLIMITED_PERMITS = 256
-#: how long ``basic.get`` waits for the core to hand over a message it knows is there
-GET_WAIT = 0.5
-_GET_POLL = 0.01
-
 _connection_ids = iter(range(1, 2**62))
-#: core consumer names sort in registration order, so that the first AMQP consumer of a
-#: single-active-consumer queue is the active one (the core's Failover picks the lowest name)
-_consumer_seq = iter(range(1, 2**62))
 
 
-@dataclass(eq=False)
-class _Tx:
-    """Publishes and acknowledgements buffered by ``tx.select`` until commit."""
-
-    publishes: list[Publish] = field(default_factory=list)
-    settles: list[tuple[Unacked, str]] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class _Channel:
-    number: int
-    deliveries: ChannelDeliveries = field(default_factory=ChannelDeliveries)
-    confirms: ConfirmTracker | None = None
-    tx: _Tx | None = None
-    scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
-    nurseries: dict[str, trio.Nursery] = field(default_factory=dict)
-    #: basic.get's core consumers per (queue, source), open until the channel closes
-    getters: dict[tuple[str, str], Consumer] = field(default_factory=dict)
-    credit: trio.Event = field(default_factory=trio.Event)
-    closed: bool = False
-    tag_seq: int = 0
-
-    def credit_changed(self) -> None:
-        self.credit.set()
-        self.credit = trio.Event()
-
-
-class _Listener:
-    """A consumer as its queue sees it (see :class:`~handlers.amqp.broker.vhosts.QueueListener`)."""
-
-    def __init__(self, session: AmqpSession, chan: _Channel, consumer: AmqpConsumer,
-                 queue: Queue) -> None:
-        self.session = session
-        self.chan = chan
-        self.consumer = consumer
-        self.queue = queue
-
-    def source_added(self, source: str) -> None:
-        nursery = self.chan.nurseries.get(self.consumer.tag)
-        if nursery is not None and not self.consumer.cancelled:
-            nursery.start_soon(self.session._pump, self.chan, self.consumer, self.queue, source)
-
-    def queue_deleted(self) -> None:
-        self.session._server_cancel(self.chan, self.consumer)
-
-
-class AmqpSession:
+class AmqpSession(TxMixin):
     """One AMQP connection (see the module docstring)."""
 
     def __init__(
@@ -144,7 +91,7 @@ class AmqpSession:
         self.peer = f"{info.peer_host}:{info.peer_port}"
         self._stopping = stopping
         self._vhost: VirtualHost | None = None
-        self._channels: dict[int, _Channel] = {}
+        self._channels: dict[int, Channel] = {}
         self._kick = trio.Event()
         self._written = trio.Event()
         self._flush_requests = 0
@@ -284,7 +231,7 @@ class AmqpSession:
                 self._vhost = vhost
                 self.conn.accept_vhost()
         elif isinstance(event, ChannelOpened):
-            self._channels[event.channel] = _Channel(event.channel)
+            self._channels[event.channel] = Channel(event.channel)
         elif isinstance(event, ChannelClosed):
             chan = self._channels.pop(event.channel, None)
             if chan is not None:
@@ -332,7 +279,7 @@ class AmqpSession:
                         exc)
             self.conn.close(ReplyCode.INTERNAL_ERROR, f"{method.name} failed: {exc}")
 
-    def _reply(self, chan: _Channel, method: base.Frame, nowait: bool = False) -> None:
+    def _reply(self, chan: Channel, method: base.Frame, nowait: bool = False) -> None:
         if not nowait:
             self.conn.send_method(chan.number, method)
 
@@ -343,30 +290,30 @@ class AmqpSession:
 
     # ------------------------------------------------------------------ exchanges
 
-    async def _exchange_declare(self, chan: _Channel, m: commands.Exchange.Declare) -> None:
+    async def _exchange_declare(self, chan: Channel, m: commands.Exchange.Declare) -> None:
         await self.vhost.declare_exchange(
             m.exchange, m.exchange_type, durable=bool(m.durable),
             auto_delete=bool(m.auto_delete), internal=bool(m.internal),
             arguments=dict(m.arguments or {}), passive=bool(m.passive))
         self._reply(chan, commands.Exchange.DeclareOk(), m.nowait)
 
-    async def _exchange_delete(self, chan: _Channel, m: commands.Exchange.Delete) -> None:
+    async def _exchange_delete(self, chan: Channel, m: commands.Exchange.Delete) -> None:
         await self.vhost.delete_exchange(m.exchange, bool(m.if_unused))
         self._reply(chan, commands.Exchange.DeleteOk(), m.nowait)
 
-    async def _exchange_bind(self, chan: _Channel, m: commands.Exchange.Bind) -> None:
+    async def _exchange_bind(self, chan: Channel, m: commands.Exchange.Bind) -> None:
         await self.vhost.bind(DestinationKind.EXCHANGE, m.destination, m.source, m.routing_key,
                               dict(m.arguments or {}), self.id)
         self._reply(chan, commands.Exchange.BindOk(), m.nowait)
 
-    async def _exchange_unbind(self, chan: _Channel, m: commands.Exchange.Unbind) -> None:
+    async def _exchange_unbind(self, chan: Channel, m: commands.Exchange.Unbind) -> None:
         await self.vhost.unbind(DestinationKind.EXCHANGE, m.destination, m.source,
                                 m.routing_key, dict(m.arguments or {}), self.id)
         self._reply(chan, commands.Exchange.UnbindOk(), m.nowait)
 
     # ------------------------------------------------------------------ queues
 
-    async def _queue_declare(self, chan: _Channel, m: commands.Queue.Declare) -> None:
+    async def _queue_declare(self, chan: Channel, m: commands.Queue.Declare) -> None:
         status = await self.vhost.declare_queue(
             m.queue, durable=bool(m.durable), exclusive=bool(m.exclusive),
             auto_delete=bool(m.auto_delete), arguments=dict(m.arguments or {}),
@@ -375,21 +322,21 @@ class AmqpSession:
             queue=status.name, message_count=status.message_count,
             consumer_count=status.consumer_count), m.nowait)
 
-    async def _queue_bind(self, chan: _Channel, m: commands.Queue.Bind) -> None:
+    async def _queue_bind(self, chan: Channel, m: commands.Queue.Bind) -> None:
         await self.vhost.bind(DestinationKind.QUEUE, m.queue, m.exchange, m.routing_key,
                               dict(m.arguments or {}), self.id)
         self._reply(chan, commands.Queue.BindOk(), m.nowait)
 
-    async def _queue_unbind(self, chan: _Channel, m: commands.Queue.Unbind) -> None:
+    async def _queue_unbind(self, chan: Channel, m: commands.Queue.Unbind) -> None:
         await self.vhost.unbind(DestinationKind.QUEUE, m.queue, m.exchange, m.routing_key,
                                 dict(m.arguments or {}), self.id)
         self._reply(chan, commands.Queue.UnbindOk())
 
-    async def _queue_purge(self, chan: _Channel, m: commands.Queue.Purge) -> None:
+    async def _queue_purge(self, chan: Channel, m: commands.Queue.Purge) -> None:
         count = await self.vhost.purge_queue(m.queue, self.id)
         self._reply(chan, commands.Queue.PurgeOk(message_count=count), m.nowait)
 
-    async def _queue_delete(self, chan: _Channel, m: commands.Queue.Delete) -> None:
+    async def _queue_delete(self, chan: Channel, m: commands.Queue.Delete) -> None:
         count = await self.vhost.delete_queue(
             m.queue, if_unused=bool(m.if_unused), if_empty=bool(m.if_empty),
             connection_id=self.id)
@@ -400,17 +347,15 @@ class AmqpSession:
 
     async def _store_publishes(self) -> None:
         batch, self._publishes = self._publishes, []
-        accepted: list[tuple[_Channel, Publish, Message, Route, int | None]] = []
-        refused: list[tuple[_Channel, int | None]] = []
+        accepted: list[tuple[Channel, Publish, Message, Route, int | None]] = []
+        refused: list[tuple[Channel, int | None]] = []
         pending: dict[str, int] = {}
         failed: set[int] = set()
+        transactional: dict[Channel, list[tuple[Publish, Message, Route]]] = {}
         now = wall_clock_ms()
         for publish in batch:
             chan = self._channels.get(publish.channel)
             if chan is None or chan.closed or publish.channel in failed:
-                continue
-            if chan.tx is not None:
-                chan.tx.publishes.append(publish)
                 continue
             try:
                 message, route = self._route(publish, now)
@@ -420,11 +365,16 @@ class AmqpSession:
                                         exc.class_id, exc.method_id)
                 await self._drop_channel(chan)
                 continue
+            if chan.tx is not None:
+                transactional.setdefault(chan, []).append((publish, message, route))
+                continue
             seq = chan.confirms.publish() if chan.confirms is not None else None
             if await self.vhost.refuses(route, pending):
                 refused.append((chan, seq))  # x-overflow=reject-publish: nacked, not stored
                 continue
             accepted.append((chan, publish, message, route, seq))
+        for chan, routed in transactional.items():
+            await self._store_in_tx(chan, routed)
         ok = True
         if accepted:
             try:
@@ -461,6 +411,22 @@ class AmqpSession:
                                                  multiple=confirm.multiple, requeue=False)
                 self.conn.send_method(number, method)
 
+    async def _store_in_tx(self, chan: Channel,
+                           routed: list[tuple[Publish, Message, Route]]) -> None:
+        """Append a transactional channel's publishes inside its transaction."""
+        if chan.tx is None or chan.closed:
+            return
+        try:
+            await chan.tx.publish(self.vhost, routed)
+        except (TransactionError, AMQPChannelError) as exc:
+            log.info("amqp %s: channel %d: transactional publish failed: %s", self.peer,
+                     chan.number, exc)
+            code, text = ReplyCode.PRECONDITION_FAILED, f"transactional publish failed: {exc}"
+            if isinstance(exc, AMQPChannelError):
+                code, text = exc.reply_code, exc.reply_text
+            self.conn.close_channel(chan.number, code, text, 60, 40)
+            await self._drop_channel(chan)
+
     def _route(self, publish: Publish, now_ms: int) -> tuple[Message, Route]:
         exchange = self.vhost.registry.exchange(publish.method.exchange, 60, 40)
         if exchange.internal:
@@ -471,280 +437,19 @@ class AmqpSession:
         message = publish_to_message(publish, now_ms)
         return message, self.vhost.route(exchange.name, message)
 
-    # ------------------------------------------------------------------ consume
-
-    async def _basic_qos(self, chan: _Channel, m: commands.Basic.Qos) -> None:
-        chan.deliveries.qos(m.prefetch_count or 0, bool(m.global_))
-        chan.credit_changed()
-        self._reply(chan, commands.Basic.QosOk())
-
-    async def _basic_consume(self, chan: _Channel, m: commands.Basic.Consume) -> None:
-        vhost = self.vhost
-        queue = vhost.registry.queue(m.queue, 60, 20)
-        vhost.check_exclusive(queue, self.id, 20)
-        if not m.consumer_tag:
-            chan.tag_seq += 1
-        tag = m.consumer_tag or f"amq.ctag-{self.id}-{chan.number}-{chan.tag_seq}"
-        if tag in chan.deliveries.consumers:
-            raise AMQPConnectionError(
-                ReplyCode.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
-        listeners = vhost.listeners.get(queue.name, [])
-        if m.exclusive and listeners:
-            raise AMQPChannelError(
-                ReplyCode.ACCESS_REFUSED,
-                f"queue '{queue.name}' in vhost '{vhost.name}' in exclusive use", 60, 20)
-        if any(isinstance(x, _Listener) and x.consumer.exclusive for x in listeners):
-            raise AMQPChannelError(
-                ReplyCode.ACCESS_REFUSED,
-                f"queue '{queue.name}' in vhost '{vhost.name}' in exclusive use", 60, 20)
-        consumer = AmqpConsumer(tag, queue.name, chan.number, bool(m.no_ack), bool(m.exclusive),
-                                chan.deliveries.prefetch_consumer)
-        chan.deliveries.consumers[tag] = consumer
-        listener = _Listener(self, chan, consumer, queue)
-        vhost.add_listener(queue, listener)
-        self._reply(chan, commands.Basic.ConsumeOk(consumer_tag=tag), m.nowait)
-        await self._flush()  # consume-ok before the first delivery
-        scope = trio.CancelScope()
-        chan.scopes[tag] = scope
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_consumer, chan, consumer, queue, listener, scope)
-
-    async def _run_consumer(self, chan: _Channel, consumer: AmqpConsumer, queue: Queue,
-                            listener: _Listener, scope: trio.CancelScope) -> None:
-        with scope:
-            async with trio.open_nursery() as nursery:
-                chan.nurseries[consumer.tag] = nursery
-                for source in self.vhost.sources(queue.name):
-                    nursery.start_soon(self._pump, chan, consumer, queue, source)
-        chan.nurseries.pop(consumer.tag, None)
-        with trio.CancelScope(shield=True):
-            await self.vhost.consumer_gone(queue.name, listener)
-
-    def _permits(self, chan: _Channel, consumer: AmqpConsumer) -> int:
-        limits = [n for n in (consumer.prefetch, chan.deliveries.prefetch_channel) if n]
-        if consumer.no_ack or not limits:
-            return UNLIMITED_PERMITS
-        return min(min(limits), UNLIMITED_PERMITS)
-
-    async def _pump(self, chan: _Channel, consumer: AmqpConsumer, queue: Queue,
-                    source: str) -> None:
-        """Deliver one source exchange's messages of ``queue`` to ``consumer``."""
-        permits = self._permits(chan, consumer)
-        try:
-            core = await self.vhost.attach(
-                queue, source, f"{next(_consumer_seq):016d}-{consumer.tag}", permits)
-        except (CoreError, SubscriptionError) as exc:
-            log.warning("amqp %s: consumer %r cannot read %r from exchange %r: %s", self.peer,
-                        consumer.tag, queue.name, source, exc)
-            return
-        consumer.sources[source] = core
-        try:
-            core.flow(permits)
-            while True:
-                delivery = await core.receive()
-                while not chan.deliveries.has_credit(consumer):
-                    await chan.credit.wait()
-                self._deliver(chan, consumer, core, delivery, source)
-                await self._flush()
-                if not core.closed:
-                    core.flow(1)
-        except ConsumerClosed:
-            return
-        finally:
-            if consumer.no_ack or consumer.unacked == 0 or chan.closed:
-                core.close("consumer cancelled")
-
-    def _deliver(self, chan: _Channel, consumer: AmqpConsumer, core: Consumer,
-                 delivery: Delivery, source: str) -> None:
-        out = message_to_amqp(delivery.message)
-        if consumer.no_ack:
-            tag = chan.deliveries.next_tag()
-            core.ack(delivery.partition, delivery.offset)
-        else:
-            tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
-                                            consumer.queue, consumer)
-        method = commands.Basic.Deliver(
-            consumer_tag=consumer.tag, delivery_tag=tag,
-            redelivered=delivery.redelivery_count > 0, exchange=source,
-            routing_key=out.routing_key)
-        self.conn.send_content(chan.number, method, out.properties, out.body)
-
-    async def _basic_cancel(self, chan: _Channel, m: commands.Basic.Cancel) -> None:
-        consumer = chan.deliveries.consumers.pop(m.consumer_tag or "", None)
-        if consumer is not None:
-            self._stop_consumer(chan, consumer)
-        self._reply(chan, commands.Basic.CancelOk(consumer_tag=m.consumer_tag), m.nowait)
-
-    def _stop_consumer(self, chan: _Channel, consumer: AmqpConsumer) -> None:
-        consumer.cancelled = True
-        scope = chan.scopes.pop(consumer.tag, None)
-        if scope is not None:
-            scope.cancel()
-
-    def _server_cancel(self, chan: _Channel, consumer: AmqpConsumer) -> None:
-        """The queue was deleted: cancel and tell the client if it understands it."""
-        if chan.deliveries.consumers.pop(consumer.tag, None) is None:
-            return
-        self._stop_consumer(chan, consumer)
-        for core in consumer.sources.values():
-            core.close("queue deleted")
-        caps = self.conn.client_properties.get("capabilities")
-        if isinstance(caps, dict) and caps.get("consumer_cancel_notify"):
-            self.conn.send_method(chan.number, commands.Basic.Cancel(
-                consumer_tag=consumer.tag, nowait=True))
-            self._wake_writer()
-
-    async def _basic_get(self, chan: _Channel, m: commands.Basic.Get) -> None:
-        vhost = self.vhost
-        queue = vhost.registry.queue(m.queue, 60, 70)
-        vhost.check_exclusive(queue, self.id, 70)
-        vhost.touch(queue)
-        found = await self._get_one(chan, queue)
-        if found is None:
-            self._reply(chan, commands.Basic.GetEmpty())
-            return
-        core, delivery, source = found
-        out = message_to_amqp(delivery.message)
-        if m.no_ack:
-            tag = chan.deliveries.next_tag()
-            core.ack(delivery.partition, delivery.offset)
-        else:
-            tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
-                                            queue.name, None)
-        remaining = max(0, await vhost.message_count(queue) - 1)
-        self.conn.send_content(chan.number, commands.Basic.GetOk(
-            delivery_tag=tag, redelivered=delivery.redelivery_count > 0, exchange=source,
-            routing_key=out.routing_key, message_count=remaining), out.properties, out.body)
-
-    async def _get_one(self, chan: _Channel, queue: Queue
-                       ) -> tuple[Consumer, Delivery, str] | None:
-        """One message of ``queue`` for ``basic.get``, or None.
-
-        Each channel keeps one single-permit core consumer per (queue, source) until it
-        closes: a get grants the permit and waits up to :data:`GET_WAIT` for the core to hand
-        over a message the queue is known to hold.  A message that arrives after that waits
-        in the consumer for the channel's next get (at most one per source).
-        """
-        vhost = self.vhost
-        getters: list[tuple[str, Consumer]] = []
-        for source in vhost.sources(queue.name):
-            key = (queue.name, source)
-            core = chan.getters.get(key)
-            if core is None or core.closed:
-                core = await vhost.attach(queue, source, f"get-{self.id}-{chan.number}", 1)
-                chan.getters[key] = core
-            getters.append((source, core))
-        for source, core in getters:
-            if core.queued:
-                return core, core.receive_nowait(), source
-        if await vhost.message_count(queue) == 0:
-            return None
-        for _, core in getters:
-            core.flow(1)
-        with trio.move_on_after(GET_WAIT):
-            while True:
-                for source, core in getters:
-                    if core.queued:
-                        return core, core.receive_nowait(), source
-                await trio.sleep(_GET_POLL)
-        return None
-
-    # ------------------------------------------------------------------ acks
-
-    async def _basic_ack(self, chan: _Channel, m: commands.Basic.Ack) -> None:
-        items = chan.deliveries.take(m.delivery_tag, bool(m.multiple), 80)
-        self._settle(chan, items, "ack")
-
-    async def _basic_nack(self, chan: _Channel, m: commands.Basic.Nack) -> None:
-        items = chan.deliveries.take(m.delivery_tag, bool(m.multiple), 120)
-        self._settle(chan, items, "requeue" if m.requeue else "drop")
-
-    async def _basic_reject(self, chan: _Channel, m: commands.Basic.Reject) -> None:
-        items = chan.deliveries.take(m.delivery_tag or 0, False, 90)
-        self._settle(chan, items, "requeue" if m.requeue else "drop")
-
-    async def _basic_recover(self, chan: _Channel, m: commands.Basic.Recover) -> None:
-        self._settle(chan, chan.deliveries.take_all(), "requeue", now=True)
-        self._reply(chan, commands.Basic.RecoverOk())
-
-    async def _basic_recover_async(self, chan: _Channel, m: commands.Basic.RecoverAsync) -> None:
-        self._settle(chan, chan.deliveries.take_all(), "requeue", now=True)
-
-    def _settle(self, chan: _Channel, items: list[Unacked], how: str, now: bool = False) -> None:
-        if chan.tx is not None and not now:
-            chan.tx.settles.extend((item, how) for item in items)
-            return
-        for item in items:
-            try:
-                if how == "requeue":
-                    item.core.nack(item.partition, item.offset)
-                elif how == "drop":  # dead-lettered when the queue has a DLX
-                    item.core.reject(item.partition, item.offset)
-                else:
-                    item.core.ack(item.partition, item.offset)
-            except (ConsumerClosed, SubscriptionError):
-                pass  # the consumer is gone: the message was handed back already
-            owner = item.consumer
-            if owner is not None and owner.cancelled and owner.unacked == 0:
-                for core in owner.sources.values():
-                    core.close("consumer cancelled")
-        chan.credit_changed()
-
-    # ------------------------------------------------------------------ confirm, tx
-
-    async def _confirm_select(self, chan: _Channel, m: commands.Confirm.Select) -> None:
-        if chan.tx is not None:
-            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
-                                   "cannot switch from tx to confirm mode", 85, 10)
-        if chan.confirms is None:
-            chan.confirms = ConfirmTracker()
-        self._reply(chan, commands.Confirm.SelectOk(), m.nowait)
-
-    async def _tx_select(self, chan: _Channel, m: commands.Tx.Select) -> None:
-        if chan.confirms is not None:
-            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
-                                   "cannot switch from confirm to tx mode", 90, 10)
-        if chan.tx is None:
-            chan.tx = _Tx()
-        self._reply(chan, commands.Tx.SelectOk())
-
-    async def _tx_commit(self, chan: _Channel, m: commands.Tx.Commit) -> None:
-        if chan.tx is None:
-            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
-                                   "channel is not transactional", 90, 20)
-        tx, chan.tx = chan.tx, None
-        # Not atomic across a crash: the publishes are appended, then the acks applied.
-        self._publishes = list(tx.publishes)
-        try:
-            await self._store_publishes()
-        finally:
-            chan.tx = _Tx()
-        for item, how in tx.settles:
-            self._settle(chan, [item], how, now=True)
-        self._reply(chan, commands.Tx.CommitOk())
-
-    async def _tx_rollback(self, chan: _Channel, m: commands.Tx.Rollback) -> None:
-        if chan.tx is None:
-            raise AMQPChannelError(ReplyCode.PRECONDITION_FAILED,
-                                   "channel is not transactional", 90, 30)
-        # Rolled-back acks leave their messages unacked (as in RabbitMQ): give the tags back.
-        for item, _ in chan.tx.settles:
-            chan.deliveries.restore(item)
-        chan.tx = _Tx()
-        self._reply(chan, commands.Tx.RollbackOk())
-
     # ------------------------------------------------------------------ channel end
 
-    async def _drop_channel(self, chan: _Channel) -> None:
+    async def _drop_channel(self, chan: Channel) -> None:
         """The channel is closing or closed: stop its consumers, requeue its unacked."""
         if chan.closed:
             return
         chan.closed = True
+        await self._abort_tx(chan)
         chan.credit_changed()
         for consumer in list(chan.deliveries.consumers.values()):
             self._stop_consumer(chan, consumer)
         unacked = chan.deliveries.take_all()
-        self._settle(chan, unacked, "requeue", now=True)
+        self._settle(chan, unacked, "requeue")
         for consumer in list(chan.deliveries.consumers.values()):
             for core in consumer.sources.values():
                 core.close("channel closed")
@@ -756,7 +461,7 @@ class AmqpSession:
         chan.deliveries.consumers.clear()
 
 
-_Handler = Callable[[AmqpSession, _Channel, Any], Any]
+_Handler = Callable[[AmqpSession, Channel, Any], Any]
 
 _METHODS: dict[type[base.Frame], _Handler] = {
     commands.Exchange.Declare: AmqpSession._exchange_declare,

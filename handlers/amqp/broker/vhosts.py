@@ -9,8 +9,8 @@ namespace) is refused with 530 NOT_ALLOWED, as RabbitMQ refuses an unknown vhost
 metadata store (durable entities, :mod:`handlers.amqp.broker.metadata`) and to the core:
 
 * exchange ``X`` is backed by the core topic ``X`` of the namespace (names outside the core's
-  topic alphabet are escaped, ``=`` + two hex digits per UTF-8 byte: ``a b`` → ``a=20b``); the
-  default exchange has no topic;
+  topic alphabet are escaped, ``=`` + two hex digits per UTF-8 byte: ``a b`` → ``a=20b``, see
+  :mod:`handlers.amqp.broker.topics`); the default exchange has no topic;
 * queue ``Q`` has its own topic ``amq.queue.Q`` (the default exchange's copy) and one durable
   subscription ``amqp-queue:Q`` per source exchange it is bound to (see
   :mod:`handlers.amqp.broker.queues`).  The subscription of a binding is created when the
@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
-import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ import trio
 from pamqp import common
 
 from core.api import Core, wall_clock_ms
-from core.errors import CoreError, InvalidName, TopicAlreadyExists, UnknownTopic
+from core.errors import CoreError, TopicAlreadyExists, UnknownTopic
 from core.names import NamespaceName, TopicName
 from core.records import Message
 from core.subscriptions import (
@@ -61,6 +59,12 @@ from handlers.amqp.broker.queues import (
     server_generated_name,
 )
 from handlers.amqp.broker.registry import DEFAULT_EXCHANGE, Registry, Route
+from handlers.amqp.broker.topics import (
+    QUEUE_TOPIC_PREFIX,
+    TopicNames,
+    exchange_topic_name,
+    namespace_for_vhost,
+)
 from handlers.amqp.errors import AMQPChannelError, ReplyCode
 
 __all__ = [
@@ -73,40 +77,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-QUEUE_TOPIC_PREFIX = "amq.queue."
-_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]")
-_MAX_TOPIC = 200
 MAX_RETIRED = 64
 #: requeued messages come back at once (AMQP), not after Pulsar's nack backoff
 REQUEUE_NOW = RedeliveryPolicy(nack_delay_s=0.0, nack_max_delay_s=0.0)
-
-
-def namespace_for_vhost(vhost: str, default: NamespaceName) -> NamespaceName | None:
-    """The namespace a vhost maps to (see the module docstring); None when invalid."""
-    if vhost in ("", "/"):
-        return default
-    try:
-        if "/" in vhost:
-            return NamespaceName.parse(vhost)
-        return NamespaceName(default.tenant, vhost)
-    except InvalidName:
-        return None
-
-
-def exchange_topic_name(name: str) -> str:
-    """The local core topic name of exchange ``name`` (escaped, see the module docstring)."""
-    out = []
-    for ch in name:
-        if _TOPIC_CHARS.fullmatch(ch):
-            out.append(ch)
-        else:
-            out.extend(f"={b:02X}" for b in ch.encode("utf-8"))
-    text = "".join(out)
-    if text in (".", ".."):
-        text = text.replace(".", "=2E")
-    if len(text) > _MAX_TOPIC:
-        text = text[:160] + "=" + hashlib.sha256(name.encode()).hexdigest()[:32]
-    return text
 
 
 class QueueListener(Protocol):
@@ -149,6 +122,7 @@ class VirtualHost:
         self.listeners: dict[str, list[QueueListener]] = {}
         self._lock = trio.Lock()
         self._topics: set[TopicName] = set()
+        self.names = TopicNames(namespace)
         #: when a binding was added to an existing subscription (publish-time semantics)
         self._since: dict[Binding, int] = {}
         #: removed bindings whose subscription lives on: (matcher, since, until) per queue/source
@@ -157,12 +131,12 @@ class VirtualHost:
     # ------------------------------------------------------------ names
 
     def exchange_topic(self, exchange: str) -> TopicName:
-        return TopicName(self.namespace.tenant, self.namespace.namespace,
-                         exchange_topic_name(exchange))
+        """The core topic of an exchange."""
+        return self.names.exchange_topic(exchange)
 
     def queue_topic(self, queue: str) -> TopicName:
-        return TopicName(self.namespace.tenant, self.namespace.namespace,
-                         QUEUE_TOPIC_PREFIX + exchange_topic_name(queue))
+        """The core topic of a queue's default-exchange messages."""
+        return self.names.queue_topic(queue)
 
     def source_topic(self, queue: str, source: str) -> TopicName:
         """The topic a queue's subscription for ``source`` reads."""
@@ -449,11 +423,20 @@ class VirtualHost:
     # ------------------------------------------------------------ x-max-length
 
     def _limited(self, route: Route) -> list[Queue]:
-        names = set(route.queues)
+        """The queues of ``route`` with ``x-max-length``, by name (runs per publish)."""
+        queues = self.registry.queues
+        found: dict[str, Queue] = {}
+        for name in route.queues:
+            q = queues.get(name)
+            if q is not None and q.parsed.max_length is not None:
+                found[name] = q
         if route.direct_queue is not None:
-            names.add(route.direct_queue)
-        found = (self.registry.queues.get(n) for n in sorted(names))
-        return [q for q in found if q is not None and q.parsed.max_length is not None]
+            q = queues.get(route.direct_queue)
+            if q is not None and q.parsed.max_length is not None:
+                found[q.name] = q
+        if len(found) < 2:
+            return list(found.values())
+        return [found[name] for name in sorted(found)]
 
     async def refuses(self, route: Route, pending: dict[str, int]) -> bool:
         """Whether a queue the message routes to is full with ``x-overflow=reject-publish``.
@@ -688,16 +671,23 @@ class VirtualHost:
         """Route one message (see :meth:`Registry.route`)."""
         return self.registry.route(exchange, _key_text(message), message.headers)
 
-    async def store(self, routed: Sequence[tuple[Message, Route]]) -> None:
-        """Append messages to every topic their routes name, one batch per topic, in order."""
+    async def per_topic(
+        self, routed: Sequence[tuple[Message, Route]]
+    ) -> dict[TopicName, list[Message]]:
+        """The messages each topic their routes name receives, in order (topics created)."""
         per_topic: dict[TopicName, list[Message]] = {}
         for message, route in routed:
             for name in route.exchanges:
                 per_topic.setdefault(self.exchange_topic(name), []).append(message)
             if route.direct_queue is not None:
                 per_topic.setdefault(self.queue_topic(route.direct_queue), []).append(message)
-        for topic, messages in per_topic.items():
+        for topic in per_topic:
             await self._ensure_topic(topic)
+        return per_topic
+
+    async def store(self, routed: Sequence[tuple[Message, Route]]) -> None:
+        """Append messages to every topic their routes name, one batch per topic, in order."""
+        for topic, messages in (await self.per_topic(routed)).items():
             await self.core.append_messages(topic, 0, messages)
 
 
