@@ -133,7 +133,7 @@ async def test_open_transactions_and_the_aborted_index_survive_restart(tmp_path:
             open_txn = await core.transactions.begin((pid, epoch))
             await core.transactions.add_partitions(open_txn, [("a", 0)])
             await core.transactions.append_messages(open_txn, "a", 0, [Message(None, b"yes")])
-        async with open_test_core(storage) as core:
+        async with open_test_core(storage) as core:  # the named producer's txn stays open
             assert [i.txn_id for i in core.transactions.list()] == [open_txn]
             assert core.transactions.describe(open_txn).state is TxnState.ONGOING
             assert await core.transactions.last_stable_offset("a", 0) == 2
@@ -142,6 +142,22 @@ async def test_open_transactions_and_the_aborted_index_survive_restart(tmp_path:
             await core.transactions.end(open_txn, commit=True)
             assert [v for _, v in await committed_values(core, "a")] == [b"yes"]
             assert [v for _, v in await uncommitted_values(core, "a")] == [b"no", b"yes"]
+
+
+async def test_an_anonymous_open_transaction_is_aborted_at_restart(tmp_path: Path) -> None:
+    # an AMQP channel's transaction has no transactional id: nobody can finish it after a
+    # restart, and left open it would hold the topic's last stable offset until it timed out
+    async with open_local_storage(tmp_path) as storage:
+        async with open_test_core(storage) as core:
+            await core.create_topic("a")
+            txn = await core.transactions.begin()
+            await core.transactions.add_partitions(txn, [("a", 0)])
+            await core.transactions.append_messages(txn, "a", 0, [Message(None, b"lost")])
+        async with open_test_core(storage) as core:
+            assert core.transactions.describe(txn).state is TxnState.COMPLETE_ABORT
+            assert core.transactions.list() == []
+            await core.append_messages("a", 0, [Message(None, b"later")])
+            assert [v for _, v in await committed_values(core, "a")] == [b"later"]
 
 
 async def test_a_transaction_fenced_before_a_crash_is_aborted_at_restart(tmp_path: Path) -> None:

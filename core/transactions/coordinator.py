@@ -595,6 +595,11 @@ class TransactionCoordinator:
             elif entry.epoch > txn.id.epoch:
                 await self._end(txn, commit=False)  # fenced before the crash
                 finished += 1
+            elif entry.tid is None:
+                # an anonymous producer (an AMQP channel) died with the broker: nobody can
+                # finish this transaction, and while open it holds the last stable offset
+                await self._end(txn, commit=False)
+                finished += 1
             else:
                 txn.deadline = now + txn.timeout_ms / 1000
                 self._schedule(txn)
