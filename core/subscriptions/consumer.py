@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import trio
@@ -158,6 +158,15 @@ class Consumer:
         """Acknowledge one message (raises :class:`UnknownMessage`, :class:`ConsumerClosed`)."""
         self._sub(partition, offset).ack(offset)
 
+    def ack_many(self, partition: int, offsets: Iterable[int]) -> None:
+        """Acknowledge several messages of ``partition`` (e.g. an AMQP ``multiple`` ack):
+        like one :meth:`ack` each, with one wake-up of the subscription.  Raises
+        :class:`UnknownMessage` at the first unknown offset (earlier ones stay acked)."""
+        self._check_open()
+        wanted = list(offsets)
+        if wanted:
+            self._sub(partition, wanted[0]).ack_many(wanted)
+
     def ack_cumulative(self, partition: int, offset: int) -> None:
         """Acknowledge every message of ``partition`` up to ``offset`` (Exclusive/Failover)."""
         self._sub(partition, offset).ack_cumulative(offset)
@@ -207,6 +216,10 @@ class Consumer:
         self._inbox.append(delivery)
         self._queued.add((delivery.partition, delivery.offset))
         self._wake_receiver()
+
+    def _is_queued(self, partition: int, offset: int) -> bool:
+        """Whether the delivery of ``(partition, offset)`` waits in the inbox."""
+        return (partition, offset) in self._queued
 
     def _take_back(self, partition: int, offsets: set[int] | None = None) -> int:
         """Drop queued deliveries of ``partition`` (all, or those in ``offsets``) and

@@ -38,6 +38,12 @@ goes back to the first unacknowledged offset.
 
 A durable subscription's cursor is saved (a coalesced write) by the task at most
 once per pass, so many acks between two passes cost one save.
+
+The class is split by job: reading the log into the read-ahead, with each stored
+batch decoded once however many fills it takes, is :mod:`.read_ahead`; purge and
+drop-head are :mod:`.purging`; transactional acks are :mod:`.txn_acks`; the
+per-message records are :mod:`.items`.  This module keeps the state, consumers,
+acks, the task and dispatch.
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -55,21 +61,22 @@ from core.cursor import Cursor
 from core.cursor_store import CursorStore
 from core.errors import (
     CoreError,
-    OffsetOutOfRange,
     PartitionUnavailable,
     UnknownTopic,
 )
 from core.headers import is_expired
 from core.names import TopicName
-from core.records import Message, decode_batch
-from core.subscriptions.backlog import oldest, ready_ranges
+from core.records import Message
 from core.subscriptions.consumer import Consumer
-from core.subscriptions.delayed import DEFAULT_MAX_DELAYED, DelayedIndex, deliver_at_ms
+from core.subscriptions.delayed import DEFAULT_MAX_DELAYED, DelayedIndex
 from core.subscriptions.dispatch import Dispatcher, make_dispatcher
 from core.subscriptions.errors import CumulativeAckNotAllowed, UnknownMessage
 from core.subscriptions.filters import MessageFilter
-from core.subscriptions.log_reads import read_offsets, wait_for_data_or
+from core.subscriptions.items import Buffered, Pending
+from core.subscriptions.log_reads import read_offsets
 from core.subscriptions.options import SubscriptionOptions
+from core.subscriptions.purging import ReadyAcks
+from core.subscriptions.read_ahead import BatchCache, ReadAheadFill
 from core.subscriptions.redelivery import (
     RedeliveryQueue,
     Waiting,
@@ -77,8 +84,9 @@ from core.subscriptions.redelivery import (
     dead_letter_topic,
     publish_dead_letters,
 )
-from core.subscriptions.types import Delivery, SubscriptionType
-from core.transactions.reads import read_committed
+from core.subscriptions.txn_acks import TransactionalAcks
+from core.subscriptions.types import SubscriptionType, new_delivery
+from core.transactions.reads import wait_for_stable
 from core.transactions.visibility import IsolationLevel
 from storage.api import StorageError
 
@@ -101,22 +109,7 @@ _DEAD_LETTER_BATCH = 100
 _DUE_BATCH = 100  # delayed messages read back from the log at a time
 
 
-@dataclass(slots=True)
-class _Buffered:
-    offset: int
-    message: Message
-    publish_time_ms: int
-
-
-@dataclass(slots=True)
-class _Pending:
-    consumer: Consumer
-    message: Message
-    publish_time_ms: int
-    deadline: float | None
-
-
-class PartitionSubscription:
+class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
     """Subscription ``name`` on partition ``partition`` of ``topic`` (see the module docstring).
 
     ``store`` is None for a non-durable subscription (a reader): its cursor
@@ -148,6 +141,7 @@ class PartitionSubscription:
         self.cursor = cursor
         self.store = store
         self.log_name = self.topic.log_name(partition)
+        self._topic_str = str(self.topic)
         self.read_ahead_limit = read_ahead
         self.read_bytes = read_bytes
         self.options = SubscriptionOptions()
@@ -159,14 +153,18 @@ class PartitionSubscription:
         self._nursery = nursery
         self._dispatcher: Dispatcher[Consumer] | None = None
         self._read_position = cursor.next_unacked()
-        self._read_ahead: deque[_Buffered] = deque()
-        self._pending: dict[int, _Pending] = {}
+        # every offset held (pending, redelivery, dead letters, delayed, due) is below
+        self._read_high = self._read_position
+        self._read_ahead: deque[Buffered] = deque()
+        self._batches = BatchCache()  # the stored batch the read-ahead stopped in
+        self._pending: dict[int, Pending] = {}
         self._redeliver = RedeliveryQueue()
-        self._dead: dict[int, _Buffered] = {}
+        self._dead: dict[int, Buffered] = {}
         self._delayed = DelayedIndex(max_delayed)
-        self._due: dict[int, _Buffered] = {}  # insertion order = due order
+        self._due: dict[int, Buffered] = {}  # insertion order = due order
         self._loading: list[int] = []  # due offsets being read back (in _load_due)
-        self._wakeup: trio.Event | None = None
+        self._woken = False  # wake() was called since the task's pass began
+        self._sleeping: trio.CancelScope | None = None  # the task's wait, while it waits
         self._running = False
         self._closed = False
         self._epoch = 0  # bumped by a seek or going idle: an in-flight read is stale
@@ -286,6 +284,7 @@ class PartitionSubscription:
         self._dead.clear()
         self._delayed.clear()
         self._due.clear()
+        self._batches.clear()
         self._read_position = self.cursor.next_unacked()
 
     def set_filter(self, filter: MessageFilter | None) -> None:
@@ -329,6 +328,14 @@ class PartitionSubscription:
 
     def ack(self, offset: int) -> None:
         """Acknowledge ``offset`` (any consumer may ack any delivered message)."""
+        pending = self._pending.pop(offset, None)
+        if pending is not None:
+            # the common case: a pending offset is neither acked nor on its way back
+            self.cursor.ack(offset)
+            self._release(offset, pending)
+            self._dirty = True
+            self.wake()
+            return
         if not self._known(offset):
             raise UnknownMessage(self.partition, offset)
         if self.cursor.is_acked(offset):
@@ -337,6 +344,28 @@ class PartitionSubscription:
         self._settle(offset)
         self._save()
         self.wake()
+
+    def ack_many(self, offsets: Iterable[int]) -> None:
+        """Acknowledge ``offsets`` in order: as many :meth:`ack` calls, one wake-up.
+
+        Raises :class:`UnknownMessage` at the first offset never delivered; the
+        offsets before it stay acknowledged.
+        """
+        pending, cursor = self._pending, self.cursor
+        acked = False
+        try:
+            for offset in offsets:
+                held = pending.pop(offset, None)
+                if held is None:
+                    self.ack(offset)  # acked already, on its way back, or unknown
+                    continue
+                cursor.ack(offset)
+                self._release(offset, held)
+                acked = True
+        finally:
+            if acked:
+                self._dirty = True
+                self.wake()
 
     def ack_cumulative(self, offset: int) -> None:
         """Acknowledge every offset up to ``offset`` (Exclusive and Failover only)."""
@@ -356,41 +385,20 @@ class PartitionSubscription:
         self._save()
         self.wake()
 
-    # ------------------------------------------------------------ transactional acks
-
-    def holds_unacked(self, offset: int) -> bool:
-        """Delivered (or on its way back) and not acknowledged: a transaction may ack it."""
-        return self._taken(offset) and not self.cursor.is_acked(offset)
-
-    def commit_txn_ack(self, offset: int) -> None:
-        """A committed transaction acknowledges ``offset`` (saved even while idle)."""
-        if self.cursor.closed or self.cursor.is_acked(offset):
-            return
-        self.cursor.ack(offset)
-        self._settle(offset)
-        self._save()
-        if not self._running:
-            self.persist()
-        self.wake()
-
-    def release_txn_ack(self, offset: int) -> None:
-        """An aborted transaction gives ``offset`` back: redeliver it now if still pending."""
-        pending = self._pending.get(offset)
-        if pending is None:
-            return
-        pending.consumer._take_back(self.partition, {offset})
-        self._take_back(offset, trio.current_time(), 0.0)
-        self.wake()
-
     def _settle(self, offset: int) -> None:
         pending = self._pending.pop(offset, None)
         if pending is not None:
-            if self._dispatcher is not None:
-                self._dispatcher.on_released(pending.consumer, pending.message.key)
-            if pending.consumer.queued:
-                pending.consumer._take_back(self.partition, {offset})
+            self._release(offset, pending)
         self._redeliver.remove(offset)
         self._dead.pop(offset, None)
+
+    def _release(self, offset: int, pending: Pending) -> None:
+        """``offset`` (popped from pending) was acknowledged: free its key and inbox slot."""
+        consumer = pending.consumer
+        if self._dispatcher is not None:
+            self._dispatcher.on_released(consumer, pending.message.key)
+        if consumer._is_queued(self.partition, offset):
+            consumer._take_back(self.partition, {offset})
 
     def nack(self, consumer: Consumer, offset: int) -> None:
         """Negative ack: redeliver ``offset`` after the backoff (or dead-letter it).
@@ -426,7 +434,7 @@ class PartitionSubscription:
         del self._pending[offset]
         if self._dispatcher is not None:
             self._dispatcher.on_released(consumer, pending.message.key)
-        self._dead[offset] = _Buffered(offset, pending.message, pending.publish_time_ms)
+        self._dead[offset] = Buffered(offset, pending.message, pending.publish_time_ms)
         self.wake()
 
     def _take_back(
@@ -438,7 +446,7 @@ class PartitionSubscription:
             self._dispatcher.on_released(pending.consumer, pending.message.key)
         n = self.cursor.record_redelivery(offset) if count else self.cursor.redelivery_count(offset)
         if count and self.options.redelivery.should_dead_letter(n):
-            self._dead[offset] = _Buffered(offset, pending.message, pending.publish_time_ms)
+            self._dead[offset] = Buffered(offset, pending.message, pending.publish_time_ms)
             return
         wait = self.options.redelivery.nack_delay(n) if delay is None else delay
         self._redeliver.add(Waiting(offset, pending.message, pending.publish_time_ms, now + wait))
@@ -462,6 +470,7 @@ class PartitionSubscription:
         self._dead.clear()
         self._delayed.clear()
         self._due.clear()
+        self._batches.clear()
         self.cursor.reset(offset)
         self._read_position = offset
         self._epoch += 1
@@ -470,55 +479,20 @@ class PartitionSubscription:
         self.wake()
         return offset
 
-    async def purge(self) -> int:
-        """Acknowledge every ready message (not delivered-and-unacknowledged); return
-        how many (AMQP ``queue.purge``)."""
-        hw = await self.core.latest_offset(self.topic, self.partition)
-        return self._ack_ready(list(ready_ranges(self.cursor, self._pending, hw)))
-
-    async def drop_head(self, keep: int) -> int:
-        """Acknowledge the oldest ready messages until at most ``keep`` are left; return
-        how many went (AMQP ``x-max-length`` with ``drop-head``)."""
-        hw = await self.core.latest_offset(self.topic, self.partition)
-        excess = self.cursor.backlog(hw) - len(self._pending) - max(keep, 0)
-        if excess <= 0:
-            return 0
-        return self._ack_ready(oldest(ready_ranges(self.cursor, self._pending, hw), excess))
-
-    def _ack_ready(self, ranges: list[tuple[int, int]]) -> int:
-        acked = sum(self.cursor.ack_range(lo, hi) for lo, hi in ranges)
-        if not acked:
-            return 0
-        is_acked = self.cursor.is_acked
-        self._read_ahead = deque(i for i in self._read_ahead if not is_acked(i.offset))
-        for w in self._redeliver.in_order():
-            if is_acked(w.offset):
-                self._redeliver.remove(w.offset)
-        for offset in [o for o in self._dead if is_acked(o)]:
-            del self._dead[offset]
-        self._drop_held(is_acked)
-        self._save()
-        self.wake()
-        return acked
-
-    def _drop_held(self, acked: Callable[[int], bool]) -> None:
-        """Forget delayed messages acknowledged meanwhile (purge, cumulative ack)."""
-        self._delayed.discard_if(acked)
-        for offset in [o for o in self._due if acked(o)]:
-            del self._due[offset]
-
     # ------------------------------------------------------------ the task
 
     def wake(self) -> None:
         """Make the task look at the state again."""
-        event, self._wakeup = self._wakeup, None
-        if event is not None:
-            event.set()
+        self._woken = True
+        sleeping = self._sleeping
+        if sleeping is not None:
+            sleeping.cancel()
 
     async def run(self) -> None:
         """Deliver while there are consumers (started by :meth:`add_consumer`)."""
         try:
             while self._dispatcher is not None and not self._closed:
+                self._woken = False  # a wake-up from here on makes _sleep return at once
                 self.persist()
                 if self._dead:
                     await self._publish_dead_letters()
@@ -553,16 +527,25 @@ class PartitionSubscription:
             self.persist()
 
     async def _sleep(self, now: float, want_data: bool) -> None:
-        deadline = self._next_deadline(now)
-        self._wakeup = event = trio.Event()
-        with trio.move_on_at(deadline):
-            if not want_data:
-                await event.wait()
-                return
-            await wait_for_data_or(
-                self.core, self.topic, self.partition, self._read_position, event,
-                stable=self._read_committed,
-            )
+        """Wait for the next timer, new data (``want_data``) or :meth:`wake`.
+
+        :meth:`wake` cancels the scope of the wait: no helper tasks per sleep.
+        """
+        if self._woken:
+            return  # woken during this pass: look again
+        with trio.move_on_at(self._next_deadline(now)) as scope:
+            self._sleeping = scope
+            try:
+                if not want_data:
+                    await trio.sleep_forever()
+                elif self._read_committed:
+                    await wait_for_stable(self.core, self.topic, self.partition,
+                                          self._read_position)
+                else:
+                    await self.core.wait_for_data(self.topic, self.partition,
+                                                  self._read_position)
+            finally:
+                self._sleeping = None
 
     @property
     def _read_committed(self) -> bool:
@@ -612,7 +595,7 @@ class PartitionSubscription:
                 continue
             if offset in found:
                 message, publish_time_ms = found[offset]
-                self._due[offset] = _Buffered(offset, message, publish_time_ms)
+                self._due[offset] = Buffered(offset, message, publish_time_ms)
         for offset in gone:  # retention or compaction removed it: nothing to deliver
             self.cursor.ack(offset)
             self._save()
@@ -628,87 +611,6 @@ class PartitionSubscription:
             consumer._take_back(self.partition, {offset})
             self._take_back(offset, now, 0.0)
 
-    async def _fill(self) -> None:
-        """Read the next entries into the read-ahead (skip acked, auto-ack filtered)."""
-        epoch = self._epoch
-        aborted = None
-        try:
-            if self._read_committed:
-                read = await read_committed(
-                    self.core, self.topic, self.partition, self._read_position, self.read_bytes
-                )
-                entries, aborted = read.entries, read.is_aborted
-            else:
-                entries = await self.core.read(
-                    self.topic, self.partition, self._read_position, self.read_bytes
-                )
-        except OffsetOutOfRange as exc:
-            if epoch != self._epoch:
-                return
-            if self._read_position >= exc.earliest:
-                raise
-            # retention removed what this subscription had not consumed
-            self.cursor.ack_range(self.cursor.mark_delete, exc.earliest)
-            self._read_position = exc.earliest
-            self._save()
-            return
-        if epoch != self._epoch:
-            return  # a seek happened meanwhile
-        auto_acked = False
-        room = self.read_ahead_limit - len(self._read_ahead)
-        now_ms = self._clock_ms()
-        shared = self.type is SubscriptionType.SHARED
-        try:
-            for entry in entries:
-                if aborted is not None and aborted(entry):  # an aborted transaction's data
-                    self.cursor.ack_range(self._read_position, entry.last_offset + 1)
-                    auto_acked = True
-                    self._read_position = entry.last_offset + 1
-                    continue
-                for stored in decode_batch(entry.batch):
-                    offset = stored.offset
-                    if (
-                        offset < self._read_position
-                        or self.cursor.is_acked(offset)
-                        or self._taken(offset)
-                        or offset in self._delayed
-                        or offset in self._due
-                    ):
-                        continue
-                    message = stored.message
-                    keep = self.options.filter
-                    expired = self._expired(message, entry.broker_timestamp, now_ms)
-                    to_dlq = expired and self.options.expired_to_dead_letters
-                    if not to_dlq and (
-                        stored.control or expired or (keep is not None and not keep(message))
-                    ):
-                        self.cursor.ack(offset)
-                        self.expired += expired
-                        auto_acked = True
-                        continue
-                    if shared and not to_dlq:
-                        due_ms = deliver_at_ms(message.headers)
-                        if due_ms is not None and due_ms > now_ms:
-                            if not self._delayed.add(offset, due_ms):
-                                self._read_position = offset  # index full: read again later
-                                return
-                            continue
-                    if room <= 0:
-                        # full: the rest of this batch is read again later
-                        self._read_position = offset
-                        return
-                    item = _Buffered(offset, message, entry.broker_timestamp)
-                    if to_dlq:
-                        self._dead[offset] = item
-                        self.expired += 1
-                    else:
-                        self._read_ahead.append(item)
-                    room -= 1
-                self._read_position = entry.last_offset + 1
-        finally:
-            if auto_acked:
-                self._save()
-
     def _dispatch(self, now: float) -> None:
         dispatcher = self._dispatcher
         if dispatcher is None:
@@ -720,7 +622,7 @@ class PartitionSubscription:
             key = w.message.key
             if self._expired(w.message, w.publish_time_ms, now_ms):
                 self._redeliver.remove(w.offset)
-                self._expire_message(_Buffered(w.offset, w.message, w.publish_time_ms))
+                self._expire_message(Buffered(w.offset, w.message, w.publish_time_ms))
                 continue
             if w.ready_at > now:
                 if not in_order:
@@ -746,12 +648,17 @@ class PartitionSubscription:
                 return  # Shared: nobody has permits (only Shared holds messages back)
             del self._due[item.offset]
             self._deliver(target, item.offset, item.message, item.publish_time_ms, now)
-        kept: deque[_Buffered] = deque()
+        kept: deque[Buffered] = deque()
         ahead = self._read_ahead
+        may_expire = self.options.message_ttl_ms is not None
+        honour = self.options.honour_expiry
         while ahead:
             item = ahead[0]
-            key = item.message.key
-            if self._expired(item.message, item.publish_time_ms, now_ms):
+            message = item.message
+            key = message.key
+            if (may_expire or (honour and message.headers)) and self._expired(
+                message, item.publish_time_ms, now_ms
+            ):
                 self._expire_message(ahead.popleft())
                 continue
             if key in blocked:
@@ -778,7 +685,7 @@ class PartitionSubscription:
             message.headers, message.timestamp_ms, now_ms
         )
 
-    def _expire_message(self, item: _Buffered) -> None:
+    def _expire_message(self, item: Buffered) -> None:
         self.expired += 1
         if self.options.expired_to_dead_letters:
             self._dead[item.offset] = item
@@ -793,14 +700,14 @@ class PartitionSubscription:
         self, consumer: Consumer, offset: int, message: Message, publish_time_ms: int, now: float
     ) -> None:
         timeout = self.options.redelivery.ack_timeout_s
-        self._pending[offset] = _Pending(
+        self._pending[offset] = Pending(
             consumer, message, publish_time_ms, None if timeout is None else now + timeout
         )
         assert self._dispatcher is not None
         self._dispatcher.on_delivered(consumer, message.key)
         consumer._push(
-            Delivery(
-                str(self.topic), self.partition, offset, message,
+            new_delivery(
+                self._topic_str, self.partition, offset, message,
                 self.cursor.redelivery_count(offset), publish_time_ms,
             )
         )

@@ -1,0 +1,266 @@
+"""Stored batches decoded once for a subscription's read-ahead.
+
+A read-ahead that is full stops in the middle of a stored batch and reads the
+rest later.  Decoding that batch again on every later read would make a big
+batch of small messages cost (batch size x reads) record decodes.  Instead the
+subscription keeps the one batch it stopped in, decoded, in a
+:class:`BatchCache`: the next read takes the rest of its records from memory
+without asking the log at all, and a read that returns the same batch again
+(same offsets, publish time and size) reuses the decoded records.
+
+Only one batch is held (the one straddling the read position), so the memory
+kept is bounded by the largest stored batch.
+
+:class:`ReadAheadFill` (mixed into :class:`PartitionSubscription`) is the fill
+itself: log reads into the read-ahead, skipping what is acknowledged or held
+elsewhere, acknowledging control records, filtered-out and expired messages,
+and parking delayed ones.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import TYPE_CHECKING
+
+from core.cursor import Cursor
+from core.errors import OffsetOutOfRange
+from core.headers import is_expired
+from core.names import TopicName
+from core.partition import ReadEntry
+from core.records import StoredMessage, decode_batch
+from core.subscriptions.delayed import DelayedIndex, deliver_at_ms
+from core.subscriptions.items import Buffered, Pending
+from core.subscriptions.options import SubscriptionOptions
+from core.subscriptions.redelivery import RedeliveryQueue
+from core.subscriptions.types import SubscriptionType
+from core.transactions.reads import read_committed
+
+if TYPE_CHECKING:
+    from core.api import Core
+
+__all__ = ["BatchCache", "DecodedBatch", "ReadAheadFill"]
+
+_offset_of = attrgetter("offset")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """One stored batch and its records (ascending offsets)."""
+
+    base_offset: int
+    last_offset: int
+    broker_timestamp: int
+    size: int
+    records: list[StoredMessage]
+
+    def start(self, position: int) -> int:
+        """Index of the first record at or after ``position``."""
+        records = self.records
+        if not records or records[0].offset >= position:
+            return 0
+        return bisect_left(records, position, key=_offset_of)
+
+    def same_entry(self, entry: ReadEntry) -> bool:
+        """Whether ``entry`` is the stored batch this was decoded from."""
+        return (
+            entry.base_offset == self.base_offset
+            and entry.last_offset == self.last_offset
+            and entry.broker_timestamp == self.broker_timestamp
+            and len(entry.batch) == self.size
+        )
+
+
+class BatchCache:
+    """The last batch decoded for a read-ahead (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._batch: DecodedBatch | None = None
+        #: how many batches were decoded (for tests and benchmarks)
+        self.decodes = 0
+
+    def covering(self, position: int) -> DecodedBatch | None:
+        """The held batch when it has offsets at or after ``position``, else None."""
+        batch = self._batch
+        if batch is not None and batch.base_offset <= position <= batch.last_offset:
+            return batch
+        return None
+
+    def decode(self, entry: ReadEntry) -> DecodedBatch:
+        """``entry`` decoded: the held batch when it is the same, else decoded now (and held)."""
+        batch = self._batch
+        if batch is not None and batch.same_entry(entry):
+            return batch
+        records = decode_batch(entry.batch)
+        self.decodes += 1
+        batch = DecodedBatch(
+            entry.base_offset, entry.last_offset, entry.broker_timestamp, len(entry.batch),
+            records,
+        )
+        self._batch = batch
+        return batch
+
+    def clear(self) -> None:
+        """Forget the held batch (a seek, going idle)."""
+        self._batch = None
+
+
+class ReadAheadFill:
+    """Reading the log into the read-ahead (see the module docstring)."""
+
+    core: Core
+    topic: TopicName
+    partition: int
+    cursor: Cursor
+    options: SubscriptionOptions
+    type: SubscriptionType | None
+    read_ahead_limit: int
+    read_bytes: int
+    expired: int
+    _clock_ms: Callable[[], int]
+    _batches: BatchCache
+    _read_position: int
+    _read_high: int
+    _epoch: int
+    _read_ahead: deque[Buffered]
+    _pending: dict[int, Pending]
+    _redeliver: RedeliveryQueue
+    _dead: dict[int, Buffered]
+    _delayed: DelayedIndex
+    _due: dict[int, Buffered]
+
+    if TYPE_CHECKING:  # provided by PartitionSubscription
+
+        @property
+        def _read_committed(self) -> bool: ...
+        def _save(self) -> None: ...
+
+    async def _fill(self) -> None:
+        """Read the next entries into the read-ahead (skip acked, auto-ack filtered).
+
+        The batch a full read-ahead stopped in stays decoded (:mod:`.read_ahead`):
+        the next fill continues from memory, without a log read or a decode.
+        """
+        cached = self._batches.covering(self._read_position)
+        if cached is not None:
+            self._take(cached)
+            return  # the task reads the log on its next pass if there is room
+        epoch = self._epoch
+        aborted = None
+        try:
+            if self._read_committed:
+                read = await read_committed(
+                    self.core, self.topic, self.partition, self._read_position, self.read_bytes
+                )
+                entries, aborted = read.entries, read.is_aborted
+            else:
+                entries = await self.core.read(
+                    self.topic, self.partition, self._read_position, self.read_bytes
+                )
+        except OffsetOutOfRange as exc:
+            if epoch != self._epoch:
+                return
+            if self._read_position >= exc.earliest:
+                raise
+            # retention removed what this subscription had not consumed
+            self.cursor.ack_range(self.cursor.mark_delete, exc.earliest)
+            self._read_position = exc.earliest
+            self._save()
+            return
+        if epoch != self._epoch:
+            return  # a seek happened meanwhile
+        for entry in entries:
+            if entry.last_offset < self._read_position:
+                continue
+            if aborted is not None and aborted(entry):  # an aborted transaction's data
+                self.cursor.ack_range(self._read_position, entry.last_offset + 1)
+                self._save()
+                self._read_position = entry.last_offset + 1
+                continue
+            if not self._take(self._batches.decode(entry)):
+                return
+
+    def _take(self, batch: DecodedBatch) -> bool:
+        """Move ``batch``'s records from the read position on into the read-ahead.
+
+        Returns False when the read-ahead (or the delayed index) filled up: the
+        read position then stays on the first record not taken.
+        """
+        position = self._read_position
+        records = batch.records
+        start = batch.start(position)
+        room = self.read_ahead_limit - len(self._read_ahead)
+        now_ms = self._clock_ms()
+        shared = self.type is SubscriptionType.SHARED
+        options = self.options
+        keep = options.filter
+        ttl = options.message_ttl_ms
+        honour = options.honour_expiry
+        to_dead = options.expired_to_dead_letters
+        publish_ms = batch.broker_timestamp
+        ttl_expired = ttl is not None and publish_ms + ttl <= now_ms
+        cursor = self.cursor
+        is_acked = cursor.is_acked
+        # Below these bounds an offset may be acked / held elsewhere; above, it cannot
+        # (acks made in this loop are of offsets already passed).
+        last_acked = cursor.individually_acked.last()
+        acked_below = cursor.mark_delete if last_acked is None else last_acked[1]
+        pending, redeliver, dead = self._pending, self._redeliver, self._dead
+        delayed, due = self._delayed, self._due
+        held = bool(pending or redeliver or dead or delayed or due)
+        held_below = self._read_high if held else 0
+        append = self._read_ahead.append
+        auto_acked = False
+        try:
+            for i in range(start, len(records)):
+                stored = records[i]
+                offset = stored.offset
+                if offset < acked_below and is_acked(offset):
+                    continue
+                if offset < held_below and (
+                    offset in pending or offset in redeliver or offset in dead
+                    or offset in delayed or offset in due
+                ):
+                    continue
+                message = stored.message
+                headers = message.headers
+                expired = ttl_expired or (
+                    honour and bool(headers)
+                    and is_expired(headers, message.timestamp_ms, now_ms)
+                )
+                to_dlq = expired and to_dead
+                if not to_dlq and (
+                    stored.control or expired or (keep is not None and not keep(message))
+                ):
+                    cursor.ack(offset)
+                    self.expired += expired
+                    auto_acked = True
+                    continue
+                if shared and not to_dlq and headers:
+                    due_ms = deliver_at_ms(headers)
+                    if due_ms is not None and due_ms > now_ms:
+                        if not delayed.add(offset, due_ms):
+                            self._read_position = offset  # index full: read again later
+                            return False
+                        continue
+                if room <= 0:
+                    # full: the rest of this batch is taken later (still decoded)
+                    self._read_position = offset
+                    return False
+                item = Buffered(offset, message, publish_ms)
+                if to_dlq:
+                    dead[offset] = item
+                    self.expired += 1
+                else:
+                    append(item)
+                room -= 1
+            self._read_position = max(position, batch.last_offset + 1)
+            return True
+        finally:
+            if self._read_position > self._read_high:
+                self._read_high = self._read_position
+            if auto_acked:
+                self._save()
