@@ -23,6 +23,13 @@ Threads and state: the writer thread appends index rows and may roll to a new
 segment (``_segments.append``); event-loop code reads only rows below the
 published end.  Everything that changes files (writes, roll, retention, sync,
 close) holds ``_io_lock``.
+
+Tail cache: as the writer publishes a group it also keeps its entries (the very
+``bytes`` objects that were appended, no copy) in a :class:`_TailCache` bounded by
+``tail_cache_bytes``.  A read that starts inside the cache -- a consumer keeping
+up with producers -- is answered from memory on the event loop: no worker-thread
+hop, no file read, no checksum pass.  Older reads go to the segment files as
+before.  The cache is only touched on the event loop.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import logging
 import os
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +57,17 @@ from storage.api import (
     SyncMode,
 )
 from storage.segment import (
+    DIRECT_READ_BYTES,
     ENTRY_HEADER_SIZE,
     MAX_ENTRY_BYTES,
     MAX_KEY,
+    READ_RUN_BYTES,
+    ReadRun,
     create_segment_file,
     encode_entry_header,
     fsync_directory,
     index_path,
-    parse_entries,
-    read_range,
+    read_runs,
     write_all,
 )
 from storage.segment_index import SegmentIndex
@@ -67,6 +76,7 @@ from storage.segment_recovery import RecoveredSegment, recover_log
 log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_TAIL_CACHE_BYTES = 8 * 1024 * 1024
 MIN_TIMESTAMP = -(2**63)
 _GROUP_BYTES = 16 * 1024 * 1024
 
@@ -96,6 +106,88 @@ class _Ticket:
         self.abandoned = False
 
 
+class _TailCache:
+    """The most recently published entries of a log, contiguous, at most ``limit`` bytes.
+
+    A list with a moving head (evicted entries are cut off in bulk), so that looking up a
+    position is an index computation.
+    """
+
+    __slots__ = ("_head", "_items", "_limit", "_nbytes")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._items: list[StoredEntry] = []
+        self._head = 0  # index of the first live item
+        self._nbytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of entry data held."""
+        return self._nbytes
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    def add(self, first: int, entries: Sequence[EntryIn]) -> None:
+        """Remember ``entries``, just published at positions ``first``, ``first + 1``, ..."""
+        if self._limit <= 0:
+            return
+        items = self._items
+        if len(self) and items[-1].position + 1 != first:
+            self.clear()  # never a gap: the cache is one contiguous run
+        for i, entry in enumerate(entries):
+            data = entry.data if type(entry.data) is bytes else bytes(entry.data)
+            items.append(StoredEntry(first + i, entry.key, entry.timestamp_ms, data))
+            self._nbytes += len(data)
+        self._evict(lambda: self._nbytes > self._limit)
+
+    def drop_before(self, position: int) -> None:
+        """Forget entries below ``position`` (retention removed them)."""
+        self._evict(lambda: self._items[self._head].position < position)
+
+    def clear(self) -> None:
+        self._items = []
+        self._head = 0
+        self._nbytes = 0
+
+    def _evict(self, while_true: Callable[[], bool]) -> None:
+        items = self._items
+        while self._head < len(items) and while_true():
+            self._nbytes -= len(items[self._head].data)
+            self._head += 1
+        if self._head == len(items):
+            self.clear()
+        elif self._head > 64 and self._head * 2 > len(items):
+            del items[: self._head]
+            self._head = 0
+
+    def read(
+        self, position: int, end: int, max_bytes: int, max_entries: int | None
+    ) -> list[StoredEntry] | None:
+        """Entries from ``position`` as :meth:`LocalLog.read` would return them, or None
+        when ``position`` is not cached.  Only entries below ``end`` are returned."""
+        if not len(self) or (max_entries is not None and max_entries < 1):
+            return None
+        items = self._items
+        first = items[self._head].position
+        if not first <= position < end:
+            return None
+        i = self._head + position - first
+        stop = min(len(items), self._head + end - first)
+        if max_entries is not None:
+            stop = min(stop, i + max_entries)
+        out = [items[i]]
+        used = len(items[i].data)
+        for j in range(i + 1, stop):
+            item = items[j]
+            used += len(item.data)
+            if used > max_bytes:
+                break
+            out.append(item)
+        return out
+
+
 class LocalLog(PartitionLog):
     """A partition log stored as segment files under one directory.
 
@@ -111,6 +203,7 @@ class LocalLog(PartitionLog):
         segment_bytes: int,
         recovered: list[RecoveredSegment],
         fd: int,
+        tail_cache_bytes: int = DEFAULT_TAIL_CACHE_BYTES,
     ) -> None:
         self._name = name
         self._dir = directory
@@ -134,6 +227,7 @@ class LocalLog(PartitionLog):
         self._closing = False
         self._closed = False
         self._failed: BaseException | None = None
+        self._tail = _TailCache(tail_cache_bytes)
 
     @classmethod
     async def open(
@@ -142,12 +236,17 @@ class LocalLog(PartitionLog):
         directory: Path,
         policy: DurabilityPolicy,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        tail_cache_bytes: int = DEFAULT_TAIL_CACHE_BYTES,
     ) -> LocalLog:
-        """Recover (or create) the log in ``directory``; the files are checked in a thread."""
+        """Recover (or create) the log in ``directory``; the files are checked in a thread.
+
+        The newest appended entries, up to ``tail_cache_bytes`` of them (0: none), are
+        also kept in memory so that reads of fresh data skip the files.
+        """
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
         recovered, fd = await trio.to_thread.run_sync(_recover_and_open, directory)
-        return cls(name, directory, policy, segment_bytes, recovered, fd)
+        return cls(name, directory, policy, segment_bytes, recovered, fd, tail_cache_bytes)
 
     def _compute_last_key(self) -> int | None:
         last = self._segments[-1]  # only the last segment can be empty
@@ -293,6 +392,8 @@ class LocalLog(PartitionLog):
                 last = group[-1]
                 self._end = last.first + len(last.entries)
                 self._last_key = last.entries[-1].key
+                for ticket in group:
+                    self._tail.add(ticket.first, ticket.entries)
                 self._complete(group)
         finally:
             self._closing = True
@@ -385,6 +486,10 @@ class LocalLog(PartitionLog):
         if position < start or position > end:
             await trio.lowlevel.checkpoint()
             raise PositionOutOfRangeError(f"{position} outside [{start}, {end}]")
+        cached = self._tail.read(position, end, max_bytes, max_entries)
+        if cached is not None:
+            await trio.lowlevel.checkpoint()
+            return cached
         plan = self._plan_read(position, end, max_bytes, max_entries)
         if not plan:
             await trio.lowlevel.checkpoint()
@@ -399,9 +504,14 @@ class LocalLog(PartitionLog):
 
     def _plan_read(
         self, position: int, end: int, max_bytes: int, max_entries: int | None
-    ) -> list[tuple[Path, int, int, int, int]]:
-        """(path, byte start, byte end, first position, count) per segment to read."""
-        plan: list[tuple[Path, int, int, int, int]] = []
+    ) -> list[ReadRun]:
+        """The runs of entries to read, in order (see :class:`storage.segment.ReadRun`).
+
+        Consecutive entries of one segment share a run of at most ``READ_RUN_BYTES``; an
+        entry of ``DIRECT_READ_BYTES`` or more is a run of its own (read straight into its
+        own buffer).  So no read allocates a buffer the size of the whole budget.
+        """
+        plan: list[ReadRun] = []
         segments = self._segments
         i = bisect_right(segments, position, key=lambda s: s.base) - 1
         taken = 0
@@ -412,21 +522,28 @@ class LocalLog(PartitionLog):
             index = seg.index
             first = position - seg.base if not plan else 0
             visible = seg.visible(end)
-            j = first
+            j = run_first = first
+            run_bytes = 0
             while j < visible and taken < limit:
-                size = index.end_offset(j) - index.start_offset(j) - ENTRY_HEADER_SIZE
+                start = index.start_offset(j)
+                size = index.end_offset(j) - start - ENTRY_HEADER_SIZE
                 if taken and used + size > max_bytes:
                     limit = taken  # budget spent
                     break
+                if j > run_first and (size >= DIRECT_READ_BYTES
+                                      or run_bytes + size > READ_RUN_BYTES):
+                    plan.append(_run(seg, index, run_first, j))
+                    run_first, run_bytes = j, 0
                 used += size
+                run_bytes += size
                 taken += 1
                 j += 1
-            if j > first:
-                plan.append(
-                    (seg.path, index.start_offset(first), index.end_offset(j - 1),
-                     seg.base + first, j - first)
-                )
-            elif first >= visible:
+                if size >= DIRECT_READ_BYTES:
+                    plan.append(_run(seg, index, run_first, j))
+                    run_first, run_bytes = j, 0
+            if j > run_first:
+                plan.append(_run(seg, index, run_first, j))
+            elif j == first and first >= visible:
                 break
             i += 1
         return plan
@@ -495,6 +612,7 @@ class LocalLog(PartitionLog):
             return 0
         gone = self._segments[:count]
         del self._segments[:count]
+        self._tail.drop_before(self.start_position)
         paths = [p for seg in gone for p in (seg.path, index_path(self._dir, seg.base))]
         await trio.to_thread.run_sync(_remove_files, self._dir, paths)
         return sum(seg.index.count for seg in gone)
@@ -535,6 +653,7 @@ class LocalLog(PartitionLog):
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self._close_files)
                 self._closed = True
+                self._tail.clear()
 
     def _close_files(self) -> None:
         if self._fd is None:
@@ -556,11 +675,14 @@ def _recover_and_open(directory: Path) -> tuple[list[RecoveredSegment], int]:
     return recovered, _open_for_append(recovered[-1].path)
 
 
-def _read_plan(plan: list[tuple[Path, int, int, int, int]]) -> list[StoredEntry]:
-    out: list[StoredEntry] = []
-    for path, start, end, first, count in plan:
-        out.extend(parse_entries(read_range(path, start, end), first, count))
-    return out
+def _run(seg: _Segment, index: SegmentIndex, first: int, stop: int) -> ReadRun:
+    """Entries ``first`` to ``stop - 1`` of ``seg`` as one read run."""
+    return ReadRun(seg.path, index.start_offset(first), index.end_offset(stop - 1),
+                   seg.base + first, stop - first)
+
+
+def _read_plan(plan: list[ReadRun]) -> list[StoredEntry]:
+    return read_runs(plan)
 
 
 def _remove_files(directory: Path, paths: list[Path]) -> None:

@@ -19,6 +19,14 @@ watermark: there are no transactions yet) and ``log_start_offset``.  ``isolation
 accepted, but READ_COMMITTED behaves as READ_UNCOMMITTED until transactions exist (it gets an
 empty ``aborted_transactions`` list).
 
+Encoding: the answer is a :class:`FetchResponse`, not a kafka-python object.  It reads like
+one (same attribute names) but encodes itself (:meth:`FetchResponse.encode_frame`, the bytes
+kafka-python would write for v4-12) as a list of buffers in which every stored batch of
+:data:`BY_REFERENCE_BYTES` or more is the storage's own buffer, passed by reference: the
+session sends them one after the other, so a batch is never copied between the log read and
+the socket (the generic codec would copy it twice, and joining a partition's batches once
+more).
+
 Fetch sessions (KIP-227) are not supported: every response has ``session_id`` 0 ("no session
 created"), so clients keep sending full fetch requests; a request for an existing session gets
 ``FETCH_SESSION_ID_NOT_FOUND``.
@@ -27,21 +35,19 @@ created"), so clients keep sending full fetch requests; a request for an existin
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from core.api import ReadEntry
 from core.errors import CoreError, OffsetOutOfRange
-from handlers.kafka import registry
-from handlers.kafka.apis import ApiKey
 from handlers.kafka.codec import KafkaRequest
 from handlers.kafka.errormap import error_code
 from handlers.kafka.errors import ErrorCode
-from handlers.kafka.service.context import Reply, ServiceContext
+from handlers.kafka.service.context import ServiceContext
 
-__all__ = ["handle"]
+__all__ = ["BY_REFERENCE_BYTES", "FetchResponse", "FetchableTopic", "PartitionData", "handle"]
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +72,15 @@ class _Partition:
     def size(self) -> int:
         return sum(len(e.batch) for e in self.entries)
 
-    def records(self) -> bytes | memoryview:
-        if len(self.entries) == 1:
-            return self.entries[0].batch
-        return b"".join(e.batch for e in self.entries)
 
-
-async def handle(ctx: ServiceContext, request: KafkaRequest) -> Reply:
+async def handle(ctx: ServiceContext, request: KafkaRequest) -> FetchResponse:
     """Read the requested partitions, long-polling per ``max_wait_ms``/``min_bytes``."""
     body = request.body
     version = request.api_version
-    cls = registry.response_class(ApiKey.Fetch, version)
     if version >= 7 and body.session_id != 0:
-        return cls(throttle_time_ms=0, error_code=int(ErrorCode.FETCH_SESSION_ID_NOT_FOUND),
-                   session_id=0, responses=[])
+        return FetchResponse(version, [], error_code=int(ErrorCode.FETCH_SESSION_ID_NOT_FOUND))
     if version >= 7 and body.session_epoch > 0:
-        return cls(throttle_time_ms=0, error_code=int(ErrorCode.INVALID_FETCH_SESSION_EPOCH),
-                   session_id=0, responses=[])
+        return FetchResponse(version, [], error_code=int(ErrorCode.INVALID_FETCH_SESSION_EPOCH))
     wanted = [_Partition(t.topic, p.partition, p.fetch_offset, p.partition_max_bytes)
               for t in body.topics for p in t.partitions]
     max_bytes = body.max_bytes
@@ -99,7 +97,7 @@ async def handle(ctx: ServiceContext, request: KafkaRequest) -> Reply:
             break
         total = await _collect(ctx, wanted, max_bytes)
     committed = version >= 4 and body.isolation_level == READ_COMMITTED
-    return _response(cls, wanted, committed)
+    return _answer(version, wanted, committed)
 
 
 def _stopping(ctx: ServiceContext) -> bool:
@@ -161,16 +159,167 @@ async def _wait_for_any(ctx: ServiceContext, wanted: list[_Partition]) -> None:
             nursery.start_soon(wait_stopping, ctx.stopping)
 
 
-def _response(cls: Any, wanted: list[_Partition], committed: bool) -> Any:
-    topic_cls = cls.FetchableTopicResponse
-    part_cls = topic_cls.PartitionData
-    topics: list[Any] = []
+def _answer(version: int, wanted: list[_Partition], committed: bool) -> FetchResponse:
+    topics: list[FetchableTopic] = []
     for p in wanted:
         if not topics or topics[-1].topic != p.topic:
-            topics.append(topic_cls(topic=p.topic, partitions=[]))
-        topics[-1].partitions.append(part_cls(
-            partition_index=p.index, error_code=int(p.error), high_watermark=p.high_watermark,
-            last_stable_offset=p.high_watermark, log_start_offset=p.log_start_offset,
-            aborted_transactions=[] if committed else None, preferred_read_replica=-1,
-            records=p.records()))
-    return cls(throttle_time_ms=0, error_code=0, session_id=0, responses=topics)
+            topics.append(FetchableTopic(p.topic, []))
+        topics[-1].partitions.append(PartitionData(
+            p.index, int(p.error), p.high_watermark, p.high_watermark, p.log_start_offset,
+            [] if committed else None, [e.batch for e in p.entries]))
+    return FetchResponse(version, topics)
+
+
+# -- the response and its encoder ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PartitionData:
+    """One partition of a :class:`FetchResponse` (field names as in Kafka's schema)."""
+
+    partition_index: int
+    error_code: int
+    high_watermark: int
+    last_stable_offset: int
+    log_start_offset: int
+    aborted_transactions: list[tuple[int, int]] | None
+    """``(producer_id, first_offset)`` pairs, or None (a null array)."""
+    batches: list[memoryview | bytes]
+    """Stored record batches, sent as they are (large ones by reference, never copied)."""
+    preferred_read_replica: int = -1
+
+    @property
+    def records(self) -> bytes:
+        """The batches joined (a copy: for inspection, the encoder never calls it)."""
+        return b"".join(self.batches)
+
+
+@dataclass(slots=True)
+class FetchableTopic:
+    """One topic of a :class:`FetchResponse`."""
+
+    topic: str
+    partitions: list[PartitionData]
+
+
+@dataclass(slots=True)
+class FetchResponse:
+    """A Fetch v4-12 response body that encodes itself without copying stored batches.
+
+    Read it like kafka-python's ``FetchResponse`` (same attribute names); the session sends
+    :meth:`encode_frame`'s buffers instead of calling the generic codec.
+    """
+
+    version: int
+    responses: list[FetchableTopic]
+    error_code: int = 0
+    session_id: int = 0
+    throttle_time_ms: int = 0
+
+    def encode_frame(self, correlation_id: int) -> list[bytearray | bytes | memoryview]:
+        """The whole response frame (size prefix, header, body) as buffers to send in order.
+
+        The bytes are those kafka-python's generated encoder writes for the same response
+        (no tagged fields set, records never null), but stored batches of
+        :data:`BY_REFERENCE_BYTES` or more are not copied: they are buffers of their own.
+        """
+        return _encode(self, correlation_id)
+
+
+BY_REFERENCE_BYTES = 32 * 1024
+"""Batches at least this large are passed by reference; smaller ones are copied into the
+surrounding buffer (a send per tiny batch would cost more than the copy)."""
+
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+_HEAD = struct.Struct(">ihi")  # throttle_time_ms, error_code, session_id (v7+)
+_PART_V4 = struct.Struct(">ihqq")  # index, error code, high watermark, last stable offset
+_I64 = struct.Struct(">q")
+_ABORTED = struct.Struct(">qq")
+_FIRST_FLEXIBLE = 12
+
+
+def _encode(response: FetchResponse, correlation_id: int
+            ) -> list[bytearray | bytes | memoryview]:
+    version = response.version
+    if not 4 <= version <= _FIRST_FLEXIBLE:
+        raise ValueError(f"Fetch v{version} is not encoded here (4-12 only)")
+    flexible = version >= _FIRST_FLEXIBLE
+    buffers: list[bytearray | bytes | memoryview] = []
+    out = bytearray(_I32.pack(0))  # the size, patched at the end
+    out += _I32.pack(correlation_id)
+    if flexible:
+        out.append(0)  # response header v1: no tagged fields
+    if version >= 7:
+        out += _HEAD.pack(response.throttle_time_ms, response.error_code, response.session_id)
+    else:
+        out += _I32.pack(response.throttle_time_ms)
+    _array_length(out, len(response.responses), flexible)
+    for topic in response.responses:
+        _string(out, topic.topic, flexible)
+        _array_length(out, len(topic.partitions), flexible)
+        for p in topic.partitions:
+            out += _PART_V4.pack(p.partition_index, p.error_code, p.high_watermark,
+                                 p.last_stable_offset)
+            if version >= 5:
+                out += _I64.pack(p.log_start_offset)
+            aborted = p.aborted_transactions
+            if aborted is None:
+                _array_length(out, -1, flexible)
+            else:
+                _array_length(out, len(aborted), flexible)
+                for producer_id, first_offset in aborted:
+                    out += _ABORTED.pack(producer_id, first_offset)
+                    if flexible:
+                        out.append(0)
+            if version >= 11:
+                out += _I32.pack(p.preferred_read_replica)
+            size = sum(len(b) for b in p.batches)
+            if flexible:
+                out += _uvarint(size + 1)
+            else:
+                out += _I32.pack(size)
+            for batch in p.batches:
+                if len(batch) >= BY_REFERENCE_BYTES:
+                    buffers.append(out)
+                    buffers.append(batch)
+                    out = bytearray()
+                else:
+                    out += batch
+            if flexible:
+                out.append(0)  # partition tagged fields
+        if flexible:
+            out.append(0)  # topic tagged fields
+    if flexible:
+        out.append(0)  # body tagged fields
+    buffers.append(out)
+    total = sum(len(b) for b in buffers)
+    first = buffers[0]
+    assert isinstance(first, bytearray)
+    _I32.pack_into(first, 0, total - 4)
+    return [b for b in buffers if len(b)]
+
+
+def _array_length(out: bytearray, n: int, flexible: bool) -> None:
+    if flexible:
+        out += _uvarint(n + 1)  # compact: 0 is null
+    else:
+        out += _I32.pack(n)
+
+
+def _string(out: bytearray, text: str, flexible: bool) -> None:
+    raw = text.encode("utf-8")
+    if flexible:
+        out += _uvarint(len(raw) + 1)
+    else:
+        out += _I16.pack(len(raw))
+    out += raw
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
