@@ -395,8 +395,11 @@ async def test_sqlite_size_bound_flushes_early(
     async with open_sqlite_metadata(db_path, flush_interval_s=3600, flush_threshold=5) as store:
         for i in range(5):
             store.put_coalesced(f"cur/{i}", b"x")
-        with trio.fail_after(60):
-            # the flusher commits in a worker thread; nothing to wait on but its counter
+        # The flusher commits in a worker thread; nothing to wait on but its counter.  With
+        # the autojump clock every idle poll advances virtual time, so the guard is virtual
+        # seconds that a slow, loaded machine cannot exhaust (~6 s of real polling) while
+        # staying below the 3600 s interval that would also trigger a flush.
+        with trio.fail_after(3000):
             while store.flush_transactions == 0:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         assert trio.current_time() < 3600
