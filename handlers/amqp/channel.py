@@ -108,6 +108,7 @@ class Channel:
         self._body_size = 0
         self._received = 0
         self._chunks: list[bytes] = []
+        self._checked_exchange: str | None = None
 
     @property
     def assembling(self) -> bool:
@@ -123,6 +124,9 @@ class Channel:
 
     def handle_method(self, method: base.Frame) -> Event | None:
         """A decoded method (not channel.open/close/close-ok) for this open channel."""
+        if type(method) is commands.Basic.Publish and self._publish is None:
+            self._handle_publish(method)
+            return None
         if self._publish is not None:
             raise AMQPConnectionError(
                 ReplyCode.UNEXPECTED_FRAME,
@@ -147,6 +151,16 @@ class Channel:
             self._reply(self.number, commands.Channel.FlowOk(active=self.active))
             return ChannelFlow(self.number, self.active)
         return MethodReceived(self.number, method)
+
+    def _handle_publish(self, method: commands.Basic.Publish) -> None:
+        # The hot path of handle_method: a publisher sends to one exchange again and again, so
+        # its name is checked once until it changes.
+        if method.exchange != self._checked_exchange:
+            self._validate(method)
+            self._checked_exchange = method.exchange
+        elif method.immediate:
+            self._validate(method)
+        self._publish = method
 
     def handle_header(self, payload: bytes) -> Event | None:
         """A content header frame."""

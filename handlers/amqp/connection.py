@@ -35,6 +35,11 @@ Error codes chosen where the spec leaves room (following RabbitMQ where known):
 * Before tune-ok, incoming frames may be as large as *our* frame-max (the spec says 4096; being
   lenient costs nothing since the buffer is bounded by frame-max either way).
 
+Hot path: ``basic.publish`` and its content header are decoded by the struct-based fast path of
+:mod:`handlers.amqp.frames` (pamqp decides whatever it cannot read), and deliveries go out through
+:meth:`ServerConnection.send_deliver` (or :meth:`~ServerConnection.send_encoded_content` for
+frames the caller encoded), which build the frames without pamqp objects.
+
 Time is the session's job: after ``ConnectionTuned`` it should send :meth:`send_heartbeat` every
 ``heartbeat_interval / 2`` seconds when idle and call :meth:`timer_expired` if nothing at all was
 received for ``2 * heartbeat_interval`` (or when a handshake or close-ok wait times out).
@@ -86,6 +91,7 @@ from handlers.amqp.frames import (
     RawFrame,
     decode_method,
     encode_content,
+    encode_deliver,
     encode_heartbeat,
     encode_method,
     method_ids,
@@ -244,6 +250,49 @@ class ServerConnection:
         self._queue(encode_content(channel, method, properties, body, self.frame_max), session=True)
         return True
 
+    def send_deliver(
+        self,
+        channel: int,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        properties: commands.Basic.Properties | None,
+        body: bytes,
+    ) -> bool:
+        """Queue a ``basic.deliver`` with its content, encoded without building pamqp objects.
+
+        ``properties`` ``None`` means none.  Returns ``False`` (and sends nothing) when the
+        channel is not open; the bytes are those :meth:`send_content` would queue.
+        """
+        if not self._content_channel_open(channel):
+            return False
+        data = encode_deliver(
+            channel,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            properties,
+            body,
+            self.frame_max,
+        )
+        self._queue(data, session=True)
+        return True
+
+    def send_encoded_content(self, channel: int, data: bytes) -> bool:
+        """Queue content frames the caller encoded for ``channel`` (e.g. with
+        :func:`~handlers.amqp.frames.encode_content_frames` at :attr:`frame_max`).
+
+        The bytes are queued as they are; returns ``False`` when the channel is not open.
+        """
+        if not self._content_channel_open(channel):
+            return False
+        self._queue(data, session=True)
+        return True
+
     def send_heartbeat(self) -> None:
         """Queue a heartbeat frame (only once the connection is open)."""
         if self.state is ConnectionState.OPEN:
@@ -377,6 +426,14 @@ class ServerConnection:
             return False
         if channel == 0:
             return True
+        chan = self._channels.get(channel)
+        return chan is not None and chan.state is ChannelState.OPEN
+
+    def _content_channel_open(self, channel: int) -> bool:
+        if not 0 < channel <= self.channel_max:
+            raise LocalProtocolError(f"content cannot be sent on channel {channel}")
+        if self.state is not ConnectionState.OPEN:
+            return False
         chan = self._channels.get(channel)
         return chan is not None and chan.state is ChannelState.OPEN
 

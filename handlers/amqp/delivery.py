@@ -11,13 +11,16 @@ grants the core as many permits as it took.  So a burst costs one socket write a
 ``flow`` call, not one per message, and the client never holds more unacked messages than it
 asked for.
 
-Acks outside a transaction settle at once on the core consumer; inside one (``tx.select``) an
-ack is an ``ack_in_txn`` of the core's transaction engine and a nack/reject is held by
-:class:`~handlers.amqp.tx.ChannelTx` until commit.
+Deliveries are encoded by :meth:`ServerConnection.send_deliver` straight into frame bytes (no
+pamqp method object per message).  Acks outside a transaction settle at once on the core
+consumer, a ``multiple`` ack with one ``ack_many`` per core consumer and partition; inside a
+transaction (``tx.select``) an ack is an ``ack_in_txn`` of the core's transaction engine and a
+nack/reject is held by :class:`~handlers.amqp.tx.ChannelTx` until commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -190,11 +193,8 @@ class DeliveryMixin:
         else:
             tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
                                             consumer.queue, consumer)
-        method = commands.Basic.Deliver(
-            consumer_tag=consumer.tag, delivery_tag=tag,
-            redelivered=delivery.redelivery_count > 0, exchange=source,
-            routing_key=out.routing_key)
-        self.conn.send_content(chan.number, method, out.properties, out.body)
+        self.conn.send_deliver(chan.number, consumer.tag, tag, delivery.redelivery_count > 0,
+                               source, out.routing_key, out.properties, out.body)
 
     async def _basic_cancel(self, chan: Channel, m: commands.Basic.Cancel) -> None:
         consumer = chan.deliveries.consumers.pop(m.consumer_tag or "", None)
@@ -318,6 +318,11 @@ class DeliveryMixin:
 
     def _settle(self, chan: Channel, items: list[Unacked], how: str) -> None:
         """Ack (``"ack"``), requeue (``"requeue"``) or drop/dead-letter (``"drop"``) now."""
+        if how == "ack" and len(items) > 1:
+            self._ack_many(items)
+            self._release_owners(items)
+            chan.credit_changed()
+            return
         for item in items:
             try:
                 if how == "requeue":
@@ -330,6 +335,27 @@ class DeliveryMixin:
                 pass  # the consumer is gone: the message was handed back already
         self._release_owners(items)
         chan.credit_changed()
+
+    @staticmethod
+    def _ack_many(items: list[Unacked]) -> None:
+        """Ack a ``multiple`` batch with one core call per (core consumer, partition)."""
+        groups: dict[tuple[int, int], tuple[Consumer, list[int]]] = {}
+        for item in items:
+            group = groups.get((id(item.core), item.partition))
+            if group is None:
+                groups[(id(item.core), item.partition)] = (item.core, [item.offset])
+            else:
+                group[1].append(item.offset)
+        for (_, partition), (core, offsets) in groups.items():
+            try:
+                core.ack_many(partition, offsets)
+            except ConsumerClosed:
+                pass  # the consumer is gone: the messages were handed back already
+            except SubscriptionError:
+                # ack_many stops at the first offset it cannot ack; ack the rest one by one
+                for offset in offsets:
+                    with contextlib.suppress(SubscriptionError):
+                        core.ack(partition, offset)
 
     @staticmethod
     def _release_owners(items: list[Unacked]) -> None:

@@ -9,14 +9,21 @@ Method payloads and content headers are decoded with pamqp.  pamqp's decoders we
 trusted peers and can raise almost anything on hostile bytes (``ValueError``, ``struct.error``,
 ``OverflowError`` from timestamps, ``RecursionError`` from deeply nested tables …); the decode
 helpers here turn every one of them into our typed :class:`AMQPConnectionError`.
+
+Hot path: ``basic.publish`` method payloads and content headers whose properties are all short
+strings or octets are decoded here with :mod:`struct` and slicing when the bytes are well-formed
+and consumed exactly; anything else (headers tables, timestamps, trailing bytes, bad UTF-8,
+truncation) falls back to pamqp, so every error and every edge case keeps pamqp's answer.  On
+the way out, :func:`encode_deliver` builds ``basic.deliver`` + content header + body frames
+into one buffer, byte for byte what pamqp would marshal.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from pamqp import base, body, commands, header
+from pamqp import base, commands, header
 from pamqp import frame as pamqp_frame
 
 from handlers.amqp.errors import AMQPConnectionError, FrameError, LocalProtocolError, ReplyCode
@@ -38,11 +45,36 @@ _HEADER = struct.Struct(">BHI")
 _METHOD_ID = struct.Struct(">HH")
 _CONTENT_HEADER = struct.Struct(">HHQ")
 _HEARTBEAT = bytes([FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
+_END = bytes([FRAME_END])
+_SHORT = struct.Struct(">H")
+_LONGLONG = struct.Struct(">Q")
+_PUBLISH_IDS = _METHOD_ID.pack(60, 40)
+_DELIVER_IDS = _METHOD_ID.pack(60, 60)
+_BASIC_CLASS = 60
+_NO_PROPERTIES = b"\x00\x00"
+# Basic properties in wire order: (attribute, flag bit, is a shortstr (else an octet)).  The
+# headers table (0x2000) and timestamp (0x0040) are left to pamqp.
+_PLAIN_PROPERTIES: tuple[tuple[str, int, bool], ...] = (
+    ("content_type", 0x8000, True),
+    ("content_encoding", 0x4000, True),
+    ("delivery_mode", 0x1000, False),
+    ("priority", 0x0800, False),
+    ("correlation_id", 0x0400, True),
+    ("reply_to", 0x0200, True),
+    ("expiration", 0x0100, True),
+    ("message_id", 0x0080, True),
+    ("message_type", 0x0020, True),
+    ("user_id", 0x0010, True),
+    ("app_id", 0x0008, True),
+    ("cluster_id", 0x0004, True),
+)
+# Flags the fast decoder leaves to pamqp: headers, timestamp, the reserved bit, continuation.
+_SLOW_FLAGS = 0x2000 | 0x0040 | 0x0002 | 0x0001
 
 
-@dataclass(frozen=True, slots=True)
-class RawFrame:
-    """One frame as read off the wire, payload not yet decoded."""
+class RawFrame(NamedTuple):
+    """One frame as read off the wire, payload not yet decoded (a named tuple: one is made per
+    frame, and a tuple costs less than a frozen dataclass)."""
 
     frame_type: int
     channel: int
@@ -136,6 +168,10 @@ def decode_method(payload: bytes) -> base.Frame:
     Unknown class/method ids → 540 NOT_IMPLEMENTED; undecodable arguments → 501 FRAME_ERROR
     (RabbitMQ answers "cannot decode" with frame_error too).
     """
+    if payload[:4] == _PUBLISH_IDS:
+        publish = decode_publish_fast(payload)
+        if publish is not None:
+            return publish
     if len(payload) < 4:
         raise AMQPConnectionError(ReplyCode.FRAME_ERROR, "method frame shorter than 4 bytes")
     class_id, method_id = method_ids(payload)
@@ -162,11 +198,78 @@ def decode_method(payload: bytes) -> base.Frame:
     return method
 
 
+def decode_publish_fast(payload: bytes) -> commands.Basic.Publish | None:
+    """``basic.publish`` from a method payload (ids included) without pamqp.
+
+    ``None`` unless the payload is exactly one well-formed ``basic.publish`` with UTF-8 names:
+    the caller then asks pamqp (:func:`decode_method`), which has the final word on the rest.
+    """
+    size = len(payload)
+    if size < 9 or payload[:4] != _PUBLISH_IDS:
+        return None
+    routing_at = 7 + payload[6]
+    if routing_at >= size:
+        return None
+    bits_at = routing_at + 1 + payload[routing_at]
+    if bits_at + 1 != size:
+        return None
+    try:
+        exchange = payload[7:routing_at].decode("utf-8")
+        routing_key = payload[routing_at + 1 : bits_at].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    bits = payload[bits_at]
+    method = commands.Basic.Publish.__new__(commands.Basic.Publish)
+    method.ticket = _SHORT.unpack_from(payload, 4)[0]
+    method.exchange = exchange
+    method.routing_key = routing_key
+    method.mandatory = bool(bits & 1)
+    method.immediate = bool(bits & 2)
+    return method
+
+
+def decode_properties_fast(payload: bytes) -> commands.Basic.Properties | None:
+    """Properties of a content header payload without pamqp, or ``None`` to ask pamqp.
+
+    Handles property lists made only of short strings and octets (no headers table, no
+    timestamp) that end exactly at the end of the payload.
+    """
+    size = len(payload)
+    if size < _CONTENT_HEADER.size + 2:
+        return None
+    flags = _SHORT.unpack_from(payload, _CONTENT_HEADER.size)[0]
+    properties = commands.Basic.Properties()
+    if not flags:
+        return properties if size == _CONTENT_HEADER.size + 2 else None
+    if flags & _SLOW_FLAGS:
+        return None
+    at = _CONTENT_HEADER.size + 2
+    try:
+        for attribute, flag, is_string in _PLAIN_PROPERTIES:
+            if not flags & flag:
+                continue
+            if is_string:
+                end = at + 1 + payload[at]
+                if end > size:
+                    return None
+                setattr(properties, attribute, payload[at + 1 : end].decode("utf-8"))
+                at = end
+            else:
+                setattr(properties, attribute, payload[at])
+                at += 1
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return properties if at == size else None
+
+
 def decode_content_header(payload: bytes) -> tuple[int, int, commands.Basic.Properties]:
     """Decode a content header payload: ``(class_id, body_size, properties)``."""
     if len(payload) < _CONTENT_HEADER.size + 2:
         raise AMQPConnectionError(ReplyCode.FRAME_ERROR, "content header frame too short")
     class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload)
+    properties = decode_properties_fast(payload)
+    if properties is not None:
+        return class_id, body_size, properties
     content = header.ContentHeader()
     try:
         content.unmarshal(payload)
@@ -196,19 +299,142 @@ def encode_content(
     """Method frame, content header and body frames split to fit ``frame_max``."""
     if frame_max < FRAME_MIN_SIZE:
         raise LocalProtocolError(f"frame_max {frame_max} below {FRAME_MIN_SIZE}")
-    parts = [encode_method(channel, method)]
-    content = header.ContentHeader(0, len(payload), properties)
     try:
-        parts.append(pamqp_frame.marshal(content, channel))
+        method_payload = _METHOD_ID.pack(method.index >> 16, method.index & 0xFFFF)
+        method_payload += method.marshal()
     except (ValueError, TypeError, struct.error) as exc:
-        raise LocalProtocolError(f"cannot encode content properties: {exc}") from exc
-    chunk = frame_max - FRAME_OVERHEAD
-    view = memoryview(payload)
-    for start in range(0, len(payload), chunk):
-        parts.append(
-            pamqp_frame.marshal(body.ContentBody(bytes(view[start : start + chunk])), channel)
-        )
+        raise LocalProtocolError(f"cannot encode {method.name}: {exc}") from exc
+    return encode_content_frames(
+        channel, method_payload, encode_properties(properties), payload, frame_max
+    )
+
+
+def _shortstr(value: str, what: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > 255:
+        raise LocalProtocolError(f"{what} is longer than 255 bytes")
+    return bytes((len(raw),)) + raw
+
+
+def _all_none(p: commands.Basic.Properties) -> bool:
+    # One expression instead of a getattr loop: most deliveries carry no properties at all.
+    return (
+        p.content_type is None
+        and p.headers is None
+        and p.delivery_mode is None
+        and p.priority is None
+        and p.correlation_id is None
+        and p.reply_to is None
+        and p.expiration is None
+        and p.message_id is None
+        and p.timestamp is None
+        and p.message_type is None
+        and p.content_encoding is None
+        and p.user_id is None
+        and p.app_id is None
+        and p.cluster_id is None
+    )
+
+
+def encode_properties(properties: commands.Basic.Properties | None) -> bytes:
+    """Property flags and list of a content header, as pamqp writes them.
+
+    ``None`` means no properties.  Properties with a headers table or a timestamp are written
+    by pamqp; the short strings and octets are written here.
+    """
+    if properties is None or _all_none(properties):
+        return _NO_PROPERTIES
+    if properties.headers is not None or properties.timestamp is not None:
+        try:
+            return properties.marshal()
+        except (ValueError, TypeError, struct.error) as exc:
+            raise LocalProtocolError(f"cannot encode content properties: {exc}") from exc
+    flags = 0
+    parts: list[bytes] = [b""]
+    for attribute, flag, is_string in _PLAIN_PROPERTIES:
+        value = getattr(properties, attribute)
+        if value is None or value == "":
+            continue
+        flags |= flag
+        try:
+            parts.append(_shortstr(value, attribute) if is_string else bytes((value,)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise LocalProtocolError(f"cannot encode content property {attribute}: {exc}") from exc
+    if not flags:
+        return _NO_PROPERTIES
+    parts[0] = _SHORT.pack(flags)
     return b"".join(parts)
+
+
+def encode_content_frames(
+    channel: int, method_payload: bytes, properties: bytes, payload: bytes, frame_max: int
+) -> bytes:
+    """Method frame (``method_payload`` includes its ids), content header and body frames.
+
+    ``properties`` is what :func:`encode_properties` returns; the body is split to fit
+    ``frame_max``.  Everything lands in one buffer.
+    """
+    if frame_max < FRAME_MIN_SIZE:
+        raise LocalProtocolError(f"frame_max {frame_max} below {FRAME_MIN_SIZE}")
+    size = len(payload)
+    parts: list[bytes | memoryview] = [
+        _HEADER.pack(FRAME_METHOD, channel, len(method_payload)),
+        method_payload,
+        _END,
+        _HEADER.pack(FRAME_HEADER, channel, _CONTENT_HEADER.size + len(properties)),
+        _CONTENT_HEADER.pack(_BASIC_CLASS, 0, size),
+        properties,
+        _END,
+    ]
+    chunk = frame_max - FRAME_OVERHEAD
+    if size <= chunk:
+        if size:
+            parts += (_HEADER.pack(FRAME_BODY, channel, size), payload, _END)
+    else:
+        view = memoryview(payload)
+        for start in range(0, size, chunk):
+            piece = view[start : start + chunk]
+            parts += (_HEADER.pack(FRAME_BODY, channel, len(piece)), piece, _END)
+    return b"".join(parts)
+
+
+def encode_deliver_method(
+    consumer_tag: str, delivery_tag: int, redelivered: bool, exchange: str, routing_key: str
+) -> bytes:
+    """The payload (ids included) of a ``basic.deliver`` method frame."""
+    if not 0 <= delivery_tag <= 0xFFFFFFFFFFFFFFFF:
+        raise LocalProtocolError(f"delivery tag {delivery_tag} out of range")
+    return b"".join(
+        (
+            _DELIVER_IDS,
+            _shortstr(consumer_tag, "consumer tag"),
+            _LONGLONG.pack(delivery_tag),
+            b"\x01" if redelivered else b"\x00",
+            _shortstr(exchange, "exchange"),
+            _shortstr(routing_key, "routing key"),
+        )
+    )
+
+
+def encode_deliver(
+    channel: int,
+    consumer_tag: str,
+    delivery_tag: int,
+    redelivered: bool,
+    exchange: str,
+    routing_key: str,
+    properties: commands.Basic.Properties | None,
+    payload: bytes,
+    frame_max: int,
+) -> bytes:
+    """``basic.deliver`` + content header + body frames, the bytes pamqp would marshal."""
+    return encode_content_frames(
+        channel,
+        encode_deliver_method(consumer_tag, delivery_tag, redelivered, exchange, routing_key),
+        encode_properties(properties),
+        payload,
+        frame_max,
+    )
 
 
 def encode_heartbeat() -> bytes:

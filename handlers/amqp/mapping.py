@@ -111,6 +111,9 @@ def properties_to_message(
     timestamp_ms: int,
 ) -> Message:
     """The message for a routing key, content properties and body (see the module docstring)."""
+    key = routing_key.encode("utf-8") if routing_key else None
+    if _no_properties(properties):
+        return Message(key, body, [], timestamp_ms)
     headers: list[tuple[str, bytes]] = []
     for attr, name in _SHORTSTR_PROPERTIES:
         text = getattr(properties, attr)
@@ -128,8 +131,27 @@ def properties_to_message(
         headers.append((h.AMQP_CLUSTER_ID, properties.cluster_id.encode("utf-8")))
     if properties.headers:
         _table_to_headers(properties.headers, headers)
-    key = routing_key.encode("utf-8") if routing_key else None
     return Message(key, body, headers, timestamp_ms)
+
+
+def _no_properties(p: commands.Basic.Properties) -> bool:
+    """Whether no property would become a header (the common bare publish), cheaply."""
+    return (
+        not p.content_type
+        and not p.headers
+        and p.delivery_mode is None
+        and p.priority is None
+        and p.timestamp is None
+        and not p.correlation_id
+        and not p.reply_to
+        and not p.expiration
+        and not p.message_id
+        and not p.content_encoding
+        and not p.message_type
+        and not p.user_id
+        and not p.app_id
+        and not p.cluster_id
+    )
 
 
 def _epoch_seconds(value: datetime.datetime | time.struct_time) -> int:
@@ -276,6 +298,14 @@ _SETTERS: dict[str, Callable[[commands.Basic.Properties, bytes], bool]] = {
 
 def message_to_amqp(message: Message) -> AmqpDelivery:
     """Routing key, content properties and body for delivering ``message`` to an AMQP client."""
+    key = message.key
+    if not message.headers and (key is None or (len(key) <= SHORTSTR_MAX and _is_utf8(key))):
+        # the cheap path: no headers, so no properties and no table
+        return AmqpDelivery(
+            key.decode("utf-8") if key else "",
+            commands.Basic.Properties(),
+            message.value if message.value is not None else b"",
+        )
     props = commands.Basic.Properties()
     table: common.FieldTable = {}
     repeated: list[str] = []
