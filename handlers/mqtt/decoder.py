@@ -239,7 +239,8 @@ def _pub_response_fields(
         _check_reason(ptype, code)
         if len(body) > 3:
             properties, off = decode_properties(body, off, ptype)
-    _end(body, off, ptype.name)
+    if off != len(body):  # (the enum's name only on the error path: this runs per PUBACK)
+        _end(body, off, ptype.name)
     return packet_id, code, properties
 
 

@@ -13,10 +13,17 @@ every subscription identifier.  Messages no filter matches, expired ones and QoS
 are acknowledged on the core at once; QoS 1/2 deliveries when the client acknowledges them
 (PUBACK, or PUBREC for QoS 2).
 
+Batching: a consumer task takes everything its consumer has queued (up to
+:data:`DELIVERY_BATCH`), turns it into PUBLISH packets and hands them to the connection as one
+item of its send channel (one socket write); it stops early only to wait for a Receive Maximum
+slot, after sending what is ready.  Settled messages are acknowledged with one ``ack_many`` per
+consumer partition (QoS 0 at once, QoS 1 per run of PUBACK packets the reader received together).
+
 Flow control: each consumer holds at most :data:`WINDOW` permits, QoS 1/2 deliveries also take
 a slot of the client's Receive Maximum, and bytes go to the connection's bounded send channel.
-A QoS 0 message that does not fit into that channel is dropped and counted (:attr:`dropped`);
-QoS 1/2 messages wait, so they stay in the log.  Nothing grows with a slow client.
+A batch of QoS 0 messages that does not fit into that channel is dropped and counted
+(:attr:`dropped`); QoS 1/2 messages wait, so they stay in the log.  Nothing grows with a slow
+client.
 
 Filters whose first level is ``+`` or ``#`` span every core topic of the namespace, including
 topics created later: :class:`TopicDirectory` tells the deliverers about new topics.  Topics
@@ -28,7 +35,7 @@ filter.  (A core "topic created" notification would replace the rescan.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any, Protocol
@@ -52,7 +59,7 @@ from core.subscriptions.types import Delivery
 from .mapping import delivery_qos, message_to_publish
 from .packets import Publish
 from .retained import RETAINED_TOPIC
-from .session_state import SessionState
+from .session_state import Match, SessionState
 from .topic_mapping import (
     AllTopics,
     Concrete,
@@ -63,6 +70,7 @@ from .topic_mapping import (
 )
 
 __all__ = [
+    "DELIVERY_BATCH",
     "FLOW_BATCH",
     "WINDOW",
     "Deliverer",
@@ -78,6 +86,8 @@ log = logging.getLogger(__name__)
 WINDOW = 256
 #: settled messages whose permits are given back together (at most WINDOW)
 FLOW_BATCH = 32
+#: deliveries of one consumer turned into packets and queued together
+DELIVERY_BATCH = 64
 
 #: the core ack handle of one delivery
 Token = tuple[Consumer, int, int]
@@ -97,12 +107,15 @@ class Sink(Protocol):
 
     protocol_level: int
 
-    def try_send_publish(self, packet: Publish) -> bool | None:
-        """Queue without waiting: True when queued, False when the send channel is full,
-        None when the packet exceeds the client's Maximum Packet Size."""
+    async def send_publishes(
+        self, packets: Sequence[Publish], *, droppable: bool
+    ) -> list[bool] | None:
+        """Encode ``packets`` and queue them as one item of the send channel.
 
-    async def send_publish(self, packet: Publish) -> bool:
-        """Queue, waiting for room; False when the packet is too large for the client."""
+        With ``droppable`` (QoS 0 only) nothing waits: None when the channel is full
+        (nothing queued).  Otherwise waits for room.  Returns, per packet, whether it was
+        queued (False: it exceeds the client's Maximum Packet Size and was skipped).
+        """
 
     def is_local(self, core_topic: str, partition: int, offset: int) -> bool:
         """Whether this connection published the message (for *no local*)."""
@@ -327,8 +340,15 @@ class Deliverer:
         try:
             consumer.flow(WINDOW)
             while True:
-                delivery = await consumer.receive()
-                await self._deliver(consumer, core_topic, shared, delivery)
+                # everything the consumer has queued goes out together (one send-channel item,
+                # so one socket write), not one task switch and write per message
+                batch = [await consumer.receive()]
+                while len(batch) < DELIVERY_BATCH:
+                    try:
+                        batch.append(consumer.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._deliver(consumer, core_topic, shared, batch)
         except ConsumerClosed:
             key = (core_topic, shared)
             if self._consumers.get(key) is consumer:  # closed by the core: topic deleted
@@ -351,6 +371,40 @@ class Deliverer:
             self._owed[consumer.consumer_id] = owed
         except SubscriptionError as exc:
             log.debug("mqtt: ack of %s/%d failed: %s", partition, offset, exc)
+
+    def _settle_many(self, tokens: list[Token]) -> None:
+        """Like :meth:`_settle` for each token: one ``ack_many`` per consumer partition."""
+        if len(tokens) == 1:
+            self._settle(tokens[0])
+            return
+        groups: dict[tuple[int, int], tuple[Consumer, list[int]]] = {}
+        for consumer, partition, offset in tokens:
+            group = groups.get((consumer.consumer_id, partition))
+            if group is None:
+                groups[(consumer.consumer_id, partition)] = (consumer, [offset])
+            else:
+                group[1].append(offset)
+        for (_, partition), (consumer, offsets) in groups.items():
+            if consumer.closed:
+                continue
+            try:
+                consumer.ack_many(partition, offsets)
+            except SubscriptionError:
+                # one unknown offset stops ack_many: settle the group one by one
+                for offset in offsets:
+                    self._settle((consumer, partition, offset))
+                continue
+            owed = self._owed.get(consumer.consumer_id, 0) + len(offsets)
+            if owed >= FLOW_BATCH:
+                consumer.flow(owed)
+                owed = 0
+            self._owed[consumer.consumer_id] = owed
+
+    def acknowledged_many(self, tokens: list[Token | None]) -> None:
+        """Several QoS 1 deliveries acknowledged (a run of PUBACK packets)."""
+        for _ in tokens:
+            self._quota.release()
+        self._settle_many([t for t in tokens if t is not None])
 
     def acknowledged(self, token: Token | None, *, release: bool = True) -> None:
         """The client acknowledged a delivery: PUBACK, or PUBREC for QoS 2.
@@ -381,51 +435,80 @@ class Deliverer:
         await self._quota.acquire()
 
     async def _deliver(
-        self, consumer: Consumer, core_topic: str, shared: str | None, d: Delivery
+        self, consumer: Consumer, core_topic: str, shared: str | None, batch: list[Delivery]
     ) -> None:
-        token: Token = (consumer, d.partition, d.offset)
-        msg = d.message
-        try:
-            match = self.state.match(
-                record_to_mqtt_topic(core_topic, msg.key, msg.headers), shared)
-        except TopicNotMappable:
-            match = None
-        now = self._wall_ms()
-        if (
-            match is None
-            or (match.no_local and self.sink.is_local(core_topic, d.partition, d.offset))
-            or is_expired(msg.headers, msg.timestamp_ms, now)
-        ):
-            self._settle(token)
-            return
+        """Turn a batch of deliveries into PUBLISH packets, queued with as few sends as the
+        Receive Maximum allows; QoS 0 packets are dropped (not waited for) on a full channel."""
         level = self.sink.protocol_level
-        qos = delivery_qos(msg, match.qos)
-        if qos == 0:
-            packet = message_to_publish(
-                msg, core_topic, granted_qos=0, protocol_level=level,
-                retain_as_published=match.retain_as_published,
-                subscription_identifiers=match.identifiers, now_ms=now)
-            if self.sink.try_send_publish(packet):
-                self.sent += 1
+        now = self._wall_ms()
+        packets: list[Publish] = []
+        tokens: list[Token | None] = []  # None: QoS 0 (settled once queued or dropped)
+        qos0: list[Token] = []
+        matches: dict[str, Match | None] = {}  # messages of a batch often share a topic
+        for d in batch:
+            token: Token = (consumer, d.partition, d.offset)
+            msg = d.message
+            try:
+                topic = record_to_mqtt_topic(core_topic, msg.key, msg.headers)
+            except TopicNotMappable:
+                self._settle(token)
+                continue
+            if topic in matches:
+                match = matches[topic]
             else:
-                self.dropped += 1
-            self._settle(token)
-            return
-        await self._quota.acquire()
-        if consumer.closed:
-            self._quota.release()
-            return
-        pid = self.state.start_outbound(qos, token)
-        packet = message_to_publish(
-            msg, core_topic, granted_qos=qos, protocol_level=level,
-            retain_as_published=match.retain_as_published, packet_id=pid,
-            subscription_identifiers=match.identifiers, now_ms=now)
-        if d.redelivery_count:
-            packet = replace(packet, dup=True)
-        if await self.sink.send_publish(packet):
-            self.sent += 1
-            return
-        self.state.outbound.pop(pid, None)  # too large for the client: skipped
-        self.acknowledged(token)
-        self.dropped += 1
+                match = matches[topic] = self.state.match(topic, shared)
+            if (
+                match is None
+                or (match.no_local and self.sink.is_local(core_topic, d.partition, d.offset))
+                or is_expired(msg.headers, msg.timestamp_ms, now)
+            ):
+                self._settle(token)
+                continue
+            qos = delivery_qos(msg, match.qos)
+            pid = None
+            if qos:
+                try:
+                    self._quota.acquire_nowait()
+                except trio.WouldBlock:
+                    # the client's Receive Maximum is full: send what is ready, then wait
+                    await self._flush(packets, tokens, qos0)
+                    packets, tokens, qos0 = [], [], []
+                    await self._quota.acquire()
+                if consumer.closed:
+                    self._quota.release()
+                    return
+                pid = self.state.start_outbound(qos, token)
+            packet = message_to_publish(
+                msg, core_topic, granted_qos=qos, protocol_level=level,
+                retain_as_published=match.retain_as_published, packet_id=pid,
+                subscription_identifiers=match.identifiers, now_ms=now, topic=topic)
+            if qos and d.redelivery_count:
+                packet = replace(packet, dup=True)
+            packets.append(packet)
+            if qos:
+                tokens.append(token)
+            else:
+                tokens.append(None)
+                qos0.append(token)
+        await self._flush(packets, tokens, qos0)
 
+    async def _flush(
+        self, packets: list[Publish], tokens: list[Token | None], qos0: list[Token]
+    ) -> None:
+        if not packets:
+            return
+        droppable = len(qos0) == len(packets)
+        queued = await self.sink.send_publishes(packets, droppable=droppable)
+        if queued is None:  # QoS 0 only, and the client does not keep up
+            self.dropped += len(packets)
+        else:
+            for packet, token, ok in zip(packets, tokens, queued, strict=True):
+                if ok:
+                    self.sent += 1
+                    continue
+                self.dropped += 1  # too large for the client: skipped
+                if token is not None and packet.packet_id is not None:
+                    self.state.outbound.pop(packet.packet_id, None)
+                    self.acknowledged(token)
+        if qos0:
+            self._settle_many(qos0)

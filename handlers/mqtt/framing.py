@@ -28,6 +28,7 @@ from .primitives import VARINT_MAX, decode_varint
 
 #: The largest packet the wire format can express: 1 byte type, 4 bytes length, body.
 ABSOLUTE_MAX_PACKET_SIZE = 1 + 4 + VARINT_MAX
+_CONNECT = int(PacketType.CONNECT)
 
 
 class Role(Enum):
@@ -123,7 +124,7 @@ class PacketReader:
             name = PacketType(ptype).name
             raise ProtocolError(f"{name} is not a packet a {self.role.value} receives")
         if self.role is Role.SERVER:
-            is_connect = ptype == PacketType.CONNECT
+            is_connect = ptype == _CONNECT
             if self._version is None and not is_connect:
                 raise ProtocolError("the first packet must be CONNECT")
             if self._version is not None and is_connect:

@@ -229,6 +229,7 @@ def message_to_publish(
     packet_id: int | None = None,
     subscription_identifiers: tuple[int, ...] = (),
     now_ms: int | None = None,
+    topic: str | None = None,
 ) -> Publish:
     """The PUBLISH that delivers ``message`` (read from ``core_topic``) to a subscriber.
 
@@ -236,8 +237,10 @@ def message_to_publish(
     learns that QoS beforehand from :func:`delivery_qos`.  Raises
     :class:`~handlers.mqtt.topic_mapping.TopicNotMappable` when no MQTT topic name exists for
     the record (see :func:`~handlers.mqtt.topic_mapping.record_to_mqtt_topic`).
+    ``topic`` is that function's result when the caller has it already.
     """
-    topic = record_to_mqtt_topic(core_topic, message.key, message.headers)
+    if topic is None:
+        topic = record_to_mqtt_topic(core_topic, message.key, message.headers)
     topic_bytes = topic.encode("utf-8")
     v5 = protocol_level >= MQTT_5
     out = _Outgoing()

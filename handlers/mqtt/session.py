@@ -12,6 +12,8 @@ three tasks share one nursery:
   only once the append is durable; PUBLISH packets that arrive together (one read) are
   stored with one append per core partition, so they share an fsync.  QoS 2 packet ids are
   remembered until PUBREL (in the stored session too), so a re-sent PUBLISH is stored once.
+  The acknowledgements of such a run go out as one send; so do the replies to PUBREC/PUBREL
+  packets read together, and a run of PUBACK packets is settled on the core at once.
   The keep-alive deadline (1.5 x the keep alive in force) restarts with every read;
 * the *writer* drains a bounded channel of encoded packets into the stream;
 * the *deliverer* (:class:`~handlers.mqtt.delivery.Deliverer`) turns core subscriptions into
@@ -31,6 +33,7 @@ import logging
 import math
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -144,6 +147,8 @@ class MqttSession:
         self._local_set: set[tuple[str, int, int]] = set()
         self._aliases = OutboundAliases(0)
         self._alias_lock = trio.Lock()
+        #: encoded replies (PUBREL, PUBCOMP) not yet queued: they go with the next send
+        self._replies = bytearray()
 
     # ------------------------------------------------------------ registry attachment
 
@@ -158,45 +163,70 @@ class MqttSession:
 
     # ------------------------------------------------------------ Sink for the deliverer
 
-    def _encode_publish(self, packet: Publish, use_alias: bool) -> tuple[bytes | None, int]:
-        """``(bytes or None when too large, alias this packet establishes or 0)``."""
-        establishes = 0
+    def _encode_publish(
+        self, packet: Publish, use_alias: bool, fresh: dict[str, int]
+    ) -> bytes | None:
+        """The encoded packet, or None when it exceeds the client's Maximum Packet Size.
+
+        Aliases this packet would establish go into ``fresh`` (committed by the caller once
+        the packet is queued); later packets of the same batch already count on them.
+        """
         if use_alias and self._aliases.maximum:
             alias, known = self._aliases.lookup(packet.topic)
+            if not known:
+                alias = fresh.get(packet.topic)
+                known = alias is not None
+                if not known:
+                    alias = self._aliases.lookup_next(len(fresh))
             if alias is not None:
                 props = replace(packet.properties, topic_alias=alias)
                 if known:
                     packet = replace(packet, topic="", properties=props)
                 else:
                     packet = replace(packet, properties=props)
-                    establishes = alias
+            data = encode(packet, self.protocol_level)
+            if self.max_packet_size is not None and len(data) > self.max_packet_size:
+                return None
+            if alias is not None and not known:
+                fresh[packet.topic] = alias
+            return data
         data = encode(packet, self.protocol_level)
         if self.max_packet_size is not None and len(data) > self.max_packet_size:
-            return None, 0
-        return data, establishes
-
-    def try_send_publish(self, packet: Publish) -> bool | None:
-        # while a waiting sender holds the alias lock, aliases could be queued out of order
-        data, alias = self._encode_publish(packet, not self._alias_lock.locked())
-        if data is None:
             return None
-        try:
-            self._send.send_nowait(data)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        if alias:
-            self._aliases.commit(packet.topic, alias)
-        return True
+        return data
 
-    async def send_publish(self, packet: Publish) -> bool:
+    def _encode_batch(
+        self, packets: Sequence[Publish], use_alias: bool
+    ) -> tuple[bytes, list[bool], dict[str, int]]:
+        chunk = bytearray()
+        queued: list[bool] = []
+        fresh: dict[str, int] = {}
+        for packet in packets:
+            data = self._encode_publish(packet, use_alias, fresh)
+            queued.append(data is not None)
+            if data is not None:
+                chunk += data
+        return bytes(chunk), queued, fresh
+
+    async def send_publishes(
+        self, packets: Sequence[Publish], *, droppable: bool
+    ) -> list[bool] | None:
+        if droppable:
+            # while a waiting sender holds the alias lock, aliases could be queued out of order
+            chunk, queued, fresh = self._encode_batch(packets, not self._alias_lock.locked())
+            if chunk:
+                try:
+                    self._send.send_nowait(chunk)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+            self._aliases.commit_many(fresh)
+            return queued
         async with self._alias_lock:
-            data, alias = self._encode_publish(packet, True)
-            if data is None:
-                return False
-            await self._send.send(data)
-            if alias:
-                self._aliases.commit(packet.topic, alias)
-            return True
+            chunk, queued, fresh = self._encode_batch(packets, True)
+            if chunk:
+                await self._send.send(chunk)
+            self._aliases.commit_many(fresh)
+            return queued
 
     def is_local(self, core_topic: str, partition: int, offset: int) -> bool:
         return (core_topic, partition, offset) in self._local_set
@@ -208,7 +238,21 @@ class MqttSession:
             self._local_set.discard(self._local.popleft())
 
     async def _packet(self, packet: Packet) -> None:
-        await self._send.send(encode(packet, self.protocol_level))
+        data = encode(packet, self.protocol_level)
+        if self._replies:
+            data = bytes(self._replies) + data
+            self._replies.clear()
+        await self._send.send(data)
+
+    def _reply(self, packet: Packet) -> None:
+        """Queue ``packet`` with the next send (see :meth:`_flush_replies`)."""
+        self._replies += encode(packet, self.protocol_level)
+
+    async def _flush_replies(self) -> None:
+        if self._replies:
+            data = bytes(self._replies)
+            self._replies.clear()
+            await self._send.send(data)
 
     # ------------------------------------------------------------ run
 
@@ -453,6 +497,7 @@ class MqttSession:
     async def _drain(self) -> None:
         """Handle every complete packet received; runs of PUBLISH are stored together."""
         batch: list[Publish] = []
+        pubacks: list[int] = []  # packet ids; a run of PUBACK is settled on the core at once
         try:
             while (packet := self._reader.next_packet()) is not None:
                 if isinstance(packet, Publish):
@@ -461,16 +506,73 @@ class MqttSession:
                         batch, done = [], batch
                         await self._on_publishes(done)
                     continue
+                if isinstance(packet, PubAck):
+                    pubacks.append(packet.packet_id)
+                    continue
+                if pubacks:
+                    pubacks, acked = [], pubacks
+                    self._on_pubacks(acked)
+                if isinstance(packet, (PubRec, PubRel, PubComp)):
+                    # no waiting: the replies go out together (a PUBREL cannot concern a
+                    # PUBLISH still in ``batch``: the client has its PUBREC)
+                    self._on_qos2_step(packet)
+                    continue
                 if batch:
                     batch, done = [], batch
                     await self._on_publishes(done)
                 await self._handle(packet)
+            if pubacks:
+                pubacks, acked = [], pubacks
+                self._on_pubacks(acked)
+            if batch:
+                batch, done = [], batch
+                await self._on_publishes(done)
+            await self._flush_replies()
         finally:
+            if pubacks:
+                self._on_pubacks(pubacks)
             if batch:  # the packets before a protocol error still count
                 with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_TIMEOUT_S):
                     await self._on_publishes(batch)
+            if self._replies:  # for the goodbye, when there is room
+                with suppress(trio.WouldBlock, *_STREAM_GONE):
+                    self._send.send_nowait(bytes(self._replies))
+                self._replies.clear()
 
     # ------------------------------------------------------------ packets
+
+    def _on_qos2_step(self, packet: PubRec | PubRel | PubComp) -> None:
+        """PUBREC, PUBREL or PUBCOMP; the reply is left in ``_replies``."""
+        assert self._state is not None and self._deliverer is not None
+        state = self._state
+        if isinstance(packet, PubRec):
+            release, flight = state.pubrec(packet.packet_id, packet.reason_code)
+            if flight is not None:
+                self._deliverer.acknowledged(flight.token, release=not release)
+            if release:
+                self._reply(PubRel(packet.packet_id))
+            elif self.protocol_level == MQTT_5 and flight is None:
+                self._reply(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+        elif isinstance(packet, PubRel):
+            known = state.release(packet.packet_id)
+            if known:
+                self._ctx.sessions.save_soon(state)
+            code = 0 if known or self.protocol_level != MQTT_5 else \
+                ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+            self._reply(PubComp(packet.packet_id, code))
+        elif state.pubcomp(packet.packet_id):
+            self._deliverer.completed()
+
+    def _on_pubacks(self, packet_ids: list[int]) -> None:
+        assert self._state is not None and self._deliverer is not None
+        puback = self._state.puback
+        tokens: list[Token | None] = []
+        for pid in packet_ids:
+            flight = puback(pid)
+            if flight is not None:
+                tokens.append(flight.token)
+        if tokens:
+            self._deliverer.acknowledged_many(tokens)
 
     async def _handle(self, packet: Packet) -> None:
         assert self._state is not None and self._deliverer is not None
@@ -481,25 +583,9 @@ class MqttSession:
             flight = state.puback(packet.packet_id)
             if flight is not None:
                 self._deliverer.acknowledged(flight.token)
-        elif isinstance(packet, PubRec):
-            release, flight = state.pubrec(packet.packet_id, packet.reason_code)
-            if flight is not None:
-                self._deliverer.acknowledged(flight.token, release=not release)
-            if release:
-                await self._packet(PubRel(packet.packet_id))
-            elif self.protocol_level == MQTT_5 and flight is None:
-                await self._packet(PubRel(packet.packet_id,
-                                          ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
-        elif isinstance(packet, PubRel):
-            known = state.release(packet.packet_id)
-            if known:
-                self._ctx.sessions.save_soon(state)
-            code = 0 if known or self.protocol_level != MQTT_5 else \
-                ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-            await self._packet(PubComp(packet.packet_id, code))
-        elif isinstance(packet, PubComp):
-            if state.pubcomp(packet.packet_id):
-                self._deliverer.completed()
+        elif isinstance(packet, PubRec | PubRel | PubComp):
+            self._on_qos2_step(packet)
+            await self._flush_replies()
         elif isinstance(packet, Subscribe):
             await self._on_subscribe(packet)
         elif isinstance(packet, Unsubscribe):
@@ -545,13 +631,19 @@ class MqttSession:
                 error = exc
                 break
         results = iter(await self._ctx.store_many([p for p, store in plan if store]))
+        # only this session's own *no local* subscriptions ask whether it published a message
+        remember = any(e.no_local for e in state.subscriptions.values())
         end: _End | None = None
+        acks = bytearray()  # all the acknowledgements go out as one send-channel item
+        level = self.protocol_level
         for packet, store in plan:
             code = 0
             if store:
                 result = next(results)
                 if not isinstance(result, Exception):
-                    self._remember_local((result.core_topic, result.partition, result.offset))
+                    if remember:
+                        self._remember_local(
+                            (result.core_topic, result.partition, result.offset))
                 else:
                     try:
                         code = self._refusal(packet, result)
@@ -562,11 +654,16 @@ class MqttSession:
             if pid is None or end is not None:
                 continue
             if packet.qos == 1:
-                await self._packet(PubAck(pid, code))
+                acks += encode(PubAck(pid, code), level)
             else:
                 if code < 0x80:
                     state.stored_qos2(pid)
-                await self._packet(PubRec(pid, code))
+                acks += encode(PubRec(pid, code), level)
+        if self._replies:
+            acks[:0] = self._replies
+            self._replies.clear()
+        if acks:
+            await self._send.send(bytes(acks))
         if batch_qos2:
             self._ctx.sessions.save_soon(state)
         if end is not None:

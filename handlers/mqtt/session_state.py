@@ -327,6 +327,16 @@ class OutboundAliases:
             return len(self._by_topic) + 1, False
         return None, False
 
+    def lookup_next(self, pending: int) -> int | None:
+        """The alias a new topic gets when ``pending`` new aliases wait to be committed."""
+        alias = len(self._by_topic) + pending + 1
+        return alias if alias <= self.maximum else None
+
+    def commit_many(self, fresh: dict[str, int]) -> None:
+        """Commit the aliases of :meth:`lookup_next`, in the order they were handed out."""
+        for topic, alias in fresh.items():
+            self.commit(topic, alias)
+
     def commit(self, topic: str, alias: int) -> None:
         """The PUBLISH carrying ``topic`` with ``alias`` was queued: the alias is set."""
         if topic not in self._by_topic and alias == len(self._by_topic) + 1 <= self.maximum:

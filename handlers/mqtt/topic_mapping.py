@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from core.headers import MQTT_TOPIC, first_header
 
@@ -84,6 +85,7 @@ def _is_valid_core_name(name: str) -> bool:
     )
 
 
+@lru_cache(maxsize=4096)  # called for every message delivered and published
 def escape_level(level: str) -> str:
     """The core topic name for an MQTT first level; raises :class:`TopicNotMappable`."""
     if _PLAIN_RE.fullmatch(level) and level not in (".", ".."):
