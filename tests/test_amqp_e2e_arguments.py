@@ -151,7 +151,7 @@ def test_max_priority_is_accepted(channel: Any) -> None:
     channel.confirm_delivery()
     channel.basic_publish("", "prio", b"low", pika.BasicProperties(priority=1))
     channel.basic_publish("", "prio", b"high", pika.BasicProperties(priority=9))
-    # documented limitation: delivery stays in publish order
+    # basic.get stays in publish order (priorities apply to consumers: test_amqp_priority.py)
     assert get(channel, "prio") == b"low"
     assert get(channel, "prio") == b"high"
 

@@ -16,6 +16,9 @@ pamqp method object per message).  Acks outside a transaction settle at once on 
 consumer, a ``multiple`` ack with one ``ack_many`` per core consumer and partition; inside a
 transaction (``tx.select``) an ack is an ``ack_in_txn`` of the core's transaction engine and a
 nack/reject is held by :class:`~handlers.amqp.tx.ChannelTx` until commit.
+
+A queue with ``x-max-priority`` gets a lookahead of extra core permits and a reordering buffer
+between the core consumer and the client (:mod:`handlers.amqp.priority`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 import trio
 from pamqp import base, commands
 
+from core.api import wall_clock_ms
 from core.errors import CoreError
 from core.subscriptions import Consumer, ConsumerClosed, Delivery, SubscriptionError
 from core.transactions import TransactionError
@@ -34,8 +38,10 @@ from handlers.amqp.broker.consumers import AmqpConsumer, Unacked
 from handlers.amqp.broker.queues import Queue
 from handlers.amqp.channels import Channel
 from handlers.amqp.connection import ServerConnection
+from handlers.amqp.deadletter import dead_letter
 from handlers.amqp.errors import AMQPChannelError, AMQPConnectionError, ReplyCode
 from handlers.amqp.mapping import message_to_amqp
+from handlers.amqp.priority import PRIORITY_LOOKAHEAD, PriorityBuffer
 
 if TYPE_CHECKING:
     from handlers.amqp.broker.vhosts import VirtualHost
@@ -154,6 +160,8 @@ class DeliveryMixin:
                     source: str) -> None:
         """Deliver one source exchange's messages of ``queue`` to ``consumer``."""
         permits = self._permits(chan, consumer)
+        if queue.parsed.max_priority:
+            permits += PRIORITY_LOOKAHEAD
         try:
             core = await self.vhost.attach(
                 queue, source, f"{next(_consumer_seq):016d}-{consumer.tag}", permits)
@@ -162,6 +170,10 @@ class DeliveryMixin:
                         consumer.tag, queue.name, source, exc)
             return
         consumer.sources[source] = core
+        if queue.parsed.max_priority:
+            await self._priority_pump(chan, consumer, core, source, queue.parsed.max_priority,
+                                      permits)
+            return
         deliveries = chan.deliveries
         try:
             core.flow(permits)
@@ -184,6 +196,39 @@ class DeliveryMixin:
             if consumer.no_ack or consumer.unacked == 0 or chan.closed:
                 core.close("consumer cancelled")
 
+    async def _priority_pump(self, chan: Channel, consumer: AmqpConsumer, core: Consumer,
+                             source: str, max_priority: int, permits: int) -> None:
+        """:meth:`_pump` for a priority queue: the highest priority held goes out first."""
+        buffer = PriorityBuffer(max_priority)
+        deliveries = chan.deliveries
+        try:
+            core.flow(permits)
+            while True:
+                if not buffer:
+                    buffer.push(await core.receive())
+                    await trio.lowlevel.checkpoint()  # the core may hand over more
+                while core.queued:
+                    buffer.push(core.receive_nowait())
+                while not deliveries.has_credit(consumer):
+                    await chan.credit.wait()
+                while core.queued:  # arrived while waiting for credit
+                    buffer.push(core.receive_nowait())
+                sent = 0
+                while buffer and sent < DELIVERY_BATCH and deliveries.has_credit(consumer):
+                    self._deliver(chan, consumer, core, buffer.pop(), source)
+                    sent += 1
+                await self._flush()
+                if not core.closed:
+                    core.flow(sent)
+        except ConsumerClosed:
+            return
+        finally:
+            for held in buffer.drain():  # back to the queue
+                with contextlib.suppress(ConsumerClosed, SubscriptionError):
+                    core.nack(held.partition, held.offset)
+            if consumer.no_ack or consumer.unacked == 0 or chan.closed:
+                core.close("consumer cancelled")
+
     def _deliver(self, chan: Channel, consumer: AmqpConsumer, core: Consumer,
                  delivery: Delivery, source: str) -> None:
         out = message_to_amqp(delivery.message)
@@ -192,7 +237,7 @@ class DeliveryMixin:
             core.ack(delivery.partition, delivery.offset)
         else:
             tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
-                                            consumer.queue, consumer)
+                                            consumer.queue, consumer, delivery.message, source)
         self.conn.send_deliver(chan.number, consumer.tag, tag, delivery.redelivery_count > 0,
                                source, out.routing_key, out.properties, out.body)
 
@@ -240,7 +285,7 @@ class DeliveryMixin:
             core.ack(delivery.partition, delivery.offset)
         else:
             tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
-                                            queue.name, None)
+                                            queue.name, None, delivery.message, source)
         remaining = max(0, await vhost.message_count(queue) - 1)
         self.conn.send_content(chan.number, commands.Basic.GetOk(
             delivery_tag=tag, redelivered=delivery.redelivery_count > 0, exchange=source,
@@ -323,11 +368,14 @@ class DeliveryMixin:
             self._release_owners(items)
             chan.credit_changed()
             return
+        letters = {id(item) for item in self._dead_letters(items)} if how == "drop" else set()
         for item in items:
             try:
                 if how == "requeue":
                     item.core.nack(item.partition, item.offset)
-                elif how == "drop":  # dead-lettered when the queue has a DLX
+                elif how == "drop" and id(item) in letters:
+                    continue  # dead-lettered through its DLX by _store_dead_letters
+                elif how == "drop":  # dead-lettered by the core when the queue has a DLX
                     item.core.reject(item.partition, item.offset)
                 else:
                     item.core.ack(item.partition, item.offset)
@@ -335,6 +383,53 @@ class DeliveryMixin:
                 pass  # the consumer is gone: the message was handed back already
         self._release_owners(items)
         chan.credit_changed()
+
+    def _dead_letters(self, items: list[Unacked]) -> list[Unacked]:
+        """The rejected items the session dead-letters itself (with ``x-death``), in the
+        background; the rest go to the core."""
+        if self._nursery is None:
+            return []
+        letters = []
+        for item in items:
+            queue = self.vhost.registry.queues.get(item.queue)
+            if (item.message is not None and queue is not None
+                    and queue.parsed.dead_letter_exchange is not None):
+                letters.append(item)
+        if letters:
+            self._nursery.start_soon(self._store_dead_letters, letters)
+        return letters
+
+    async def _store_dead_letters(self, items: list[Unacked]) -> None:
+        """Route rejected messages through their queue's DLX, then ack them (the core
+        dead-letters them instead when that fails)."""
+        vhost = self.vhost
+        now = wall_clock_ms()
+        routed = []
+        for item in items:
+            assert item.message is not None
+            queue = vhost.registry.queues.get(item.queue)
+            dlx = None if queue is None else queue.parsed.dead_letter_exchange
+            if queue is None or dlx is None or dlx not in vhost.registry.exchanges:
+                continue  # RabbitMQ drops a dead letter whose DLX does not exist
+            message = dead_letter(item.message, queue=item.queue, reason="rejected",
+                                  exchange=item.exchange, now_ms=now,
+                                  routing_key=queue.parsed.dead_letter_routing_key)
+            routed.append((message, vhost.route(dlx, message)))
+        ok = True
+        with trio.CancelScope(shield=True):
+            try:
+                await vhost.store(routed)
+                await vhost.trim([route for _, route in routed])
+            except (CoreError, SubscriptionError) as exc:
+                ok = False
+                log.warning("amqp %s: dead-lettering %d message(s) failed: %s", self.peer,
+                            len(routed), exc)
+        for item in items:
+            with contextlib.suppress(ConsumerClosed, SubscriptionError):
+                if ok:
+                    item.core.ack(item.partition, item.offset)
+                else:
+                    item.core.reject(item.partition, item.offset)
 
     @staticmethod
     def _ack_many(items: list[Unacked]) -> None:

@@ -6,6 +6,11 @@ Settings (``[handlers.amqp]`` in the configuration file)::
     frame_max = 131072             # proposed in connection.tune (>= 4096)
     channel_max = 2047             # proposed in connection.tune (1..65535)
     heartbeat = 60                 # proposed in connection.tune; the client's tune-ok decides
+    memory_high_watermark_bytes = 0  # process RSS that raises the memory alarm; 0: 40 % of RAM
+    memory_low_watermark_bytes = 0   # RSS below which the alarm clears; 0: 90 % of the high mark
+
+While the memory alarm is raised, a connection that publishes gets ``connection.blocked`` and is
+no longer read until the alarm clears (:mod:`handlers.amqp.memory`).
 
 Queues are durable core subscriptions on the core's one
 :class:`~core.subscriptions.SubscriptionManager` (``core.subscriptions``), which restores stored
@@ -24,6 +29,7 @@ from core.handler import ConnectionInfo, HandlerContext, ProtocolHandler
 from handlers.amqp.broker.vhosts import VhostDirectory
 from handlers.amqp.connection import ServerSettings
 from handlers.amqp.frames import FRAME_MIN_SIZE
+from handlers.amqp.memory import MemoryMonitor, default_high_watermark
 from handlers.amqp.session import AmqpSession
 
 __all__ = ["AmqpHandler", "AmqpSettings"]
@@ -39,6 +45,8 @@ class AmqpSettings:
     frame_max: int = 131072
     channel_max: int = 2047
     heartbeat: int = 60
+    memory_high_watermark_bytes: int = 0
+    memory_low_watermark_bytes: int = 0
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> AmqpSettings:
@@ -48,7 +56,9 @@ class AmqpSettings:
         if unknown:
             raise ValueError(f"unknown amqp handler settings: {', '.join(unknown)}")
         limits = {"max_message_bytes": (1, 2**31 - 1), "frame_max": (FRAME_MIN_SIZE, 2**31 - 1),
-                  "channel_max": (1, 0xFFFF), "heartbeat": (0, 0xFFFF)}
+                  "channel_max": (1, 0xFFFF), "heartbeat": (0, 0xFFFF),
+                  "memory_high_watermark_bytes": (0, 2**62),
+                  "memory_low_watermark_bytes": (0, 2**62)}
         for key, (low, high) in limits.items():
             if key not in raw:
                 continue
@@ -56,7 +66,18 @@ class AmqpSettings:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"handlers.amqp.{key}: expected an integer in {low}..{high}, "
                                  f"got {value!r}")
-        return cls(**raw)
+        settings = cls(**raw)
+        high, low = settings.memory_watermarks()
+        if low > high:
+            raise ValueError(f"handlers.amqp.memory_low_watermark_bytes ({low}) is above the "
+                             f"high watermark ({high})")
+        return settings
+
+    def memory_watermarks(self) -> tuple[int, int]:
+        """The effective (high, low) memory watermarks in bytes, defaults applied."""
+        high = self.memory_high_watermark_bytes or default_high_watermark()
+        low = self.memory_low_watermark_bytes or int(high * 0.9)
+        return high, low
 
     def server_settings(self) -> ServerSettings:
         return ServerSettings(channel_max=self.channel_max, frame_max=self.frame_max,
@@ -75,6 +96,7 @@ class AmqpHandler(ProtocolHandler):
         self._server_settings = self.settings.server_settings()
         self._vhosts: VhostDirectory | None = None
         self._stopping: trio.Event | None = None
+        self.memory: MemoryMonitor | None = None
 
     async def start(self, context: HandlerContext) -> None:
         """Validate settings; queues live on the core's subscription manager."""
@@ -82,11 +104,14 @@ class AmqpHandler(ProtocolHandler):
         self._server_settings = self.settings.server_settings()
         self._vhosts = VhostDirectory(context.core, context.core.subscriptions, context.nursery)
         self._stopping = context.stopping
+        self.memory = MemoryMonitor(*self.settings.memory_watermarks())
+        context.nursery.start_soon(self.memory.run)
 
     async def serve(self, stream: trio.abc.Stream, conn: ConnectionInfo) -> None:
         """Run an :class:`AmqpSession` on the connection until it ends."""
         if self._vhosts is None:
             raise RuntimeError("AmqpHandler.serve() before start()")
-        session = AmqpSession(stream, conn, self._vhosts, self._server_settings, self._stopping)
+        session = AmqpSession(stream, conn, self._vhosts, self._server_settings, self._stopping,
+                              memory=self.memory)
         await session.run()
 

@@ -13,6 +13,12 @@ One nursery per connection holds:
 * one **consumer** task per ``basic.consume`` with a delivery pump per source exchange
   (:mod:`handlers.amqp.delivery`).
 
+Memory alarm (:mod:`handlers.amqp.memory`): when a read brought a ``basic.publish`` while the
+broker-wide alarm is raised, the reader stores it, sends ``connection.blocked`` (if the client
+announced the capability) and stops reading the socket until the alarm clears, then sends
+``connection.unblocked``.  Consumer tasks keep delivering meanwhile; the client's acks and
+heartbeats wait unread in the socket, as on RabbitMQ.
+
 Per-channel state is :class:`~handlers.amqp.channels.Channel`; consumers, ``basic.get`` and
 acks live in :class:`~handlers.amqp.delivery.DeliveryMixin`, confirm and tx mode (on the core's
 transaction engine) in :class:`~handlers.amqp.tx.TxMixin`.  A transactional channel's
@@ -59,6 +65,7 @@ from handlers.amqp.events import (
     VhostRequest,
 )
 from handlers.amqp.mapping import publish_to_message
+from handlers.amqp.memory import MemoryMonitor
 from handlers.amqp.tx import TxMixin
 
 __all__ = ["CLOSE_TIMEOUT", "HANDSHAKE_TIMEOUT", "AmqpSession"]
@@ -81,6 +88,8 @@ class AmqpSession(TxMixin):
         vhosts: VhostDirectory,
         settings: ServerSettings,
         stopping: trio.Event | None = None,
+        *,
+        memory: MemoryMonitor | None = None,
     ) -> None:
         self.stream = stream
         self.info = info
@@ -99,6 +108,8 @@ class AmqpSession(TxMixin):
         self._last_sent = 0.0
         self._nursery: trio.Nursery | None = None
         self._publishes: list[Publish] = []
+        self._memory = memory
+        self._published = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,6 +171,29 @@ class AmqpSession(TxMixin):
             await self._flush()
             if closed is not None:
                 return closed
+            if self._published and self._memory is not None and self._memory.alarmed:
+                await self._blocked(self._memory)
+            self._published = False
+
+    async def _blocked(self, memory: MemoryMonitor) -> None:
+        """Stop reading until the memory alarm clears (or the broker stops)."""
+        told = self.conn.send_blocked("low on memory")
+        await self._flush()
+        log.info("amqp %s: blocked by the memory alarm%s", self.peer,
+                 "" if told else " (client lacks the connection.blocked capability)")
+        async with trio.open_nursery() as nursery:
+
+            async def wait(event: Callable[[], Any]) -> None:
+                await event()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait, memory.wait_cleared)
+            if self._stopping is not None:
+                nursery.start_soon(wait, self._stopping.wait)
+        if not memory.alarmed:
+            log.info("amqp %s: unblocked", self.peer)
+            self.conn.send_unblocked()
+            await self._flush()
 
     async def _flush(self) -> None:
         """Return once everything queued so far has been written by the writer task.
@@ -205,6 +239,7 @@ class AmqpSession(TxMixin):
                 break
             if isinstance(event, Publish):
                 self._publishes.append(event)
+                self._published = True
                 continue
             if self._publishes:
                 await self._store_publishes()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from handlers.amqp.errors import AMQPChannelError, ReplyCode
 
 if TYPE_CHECKING:
+    from core.records import Message
     from core.subscriptions import Consumer
 
 __all__ = ["AmqpConsumer", "ChannelDeliveries", "Unacked"]
@@ -53,6 +54,9 @@ class Unacked:
     offset: int
     queue: str
     consumer: AmqpConsumer | None
+    #: the message and the exchange it came through (to dead-letter it on reject)
+    message: Message | None = None
+    exchange: str = ""
 
 
 class ChannelDeliveries:
@@ -90,11 +94,12 @@ class ChannelDeliveries:
 
     def delivered(
         self, core: Consumer, partition: int, offset: int, queue: str,
-        consumer: AmqpConsumer | None,
+        consumer: AmqpConsumer | None, message: Message | None = None, exchange: str = "",
     ) -> int:
         """Record a delivery that needs an ack; return its delivery tag."""
         tag = self.next_tag()
-        self._unacked[tag] = Unacked(tag, core, partition, offset, queue, consumer)
+        self._unacked[tag] = Unacked(tag, core, partition, offset, queue, consumer, message,
+                                     exchange)
         if consumer is not None:
             consumer.unacked += 1
             self._limited += 1

@@ -16,10 +16,11 @@ Queue arguments (:class:`QueueArguments`) and how they map onto the core:
   and count in ``message_count`` until then.
 * ``x-dead-letter-exchange`` / ``x-dead-letter-routing-key`` → the redelivery policy's dead
   letter topic (the DLX's topic; with the default exchange, the queue named by the routing key)
-  and key.  Used after ``basic.reject``/``nack`` without requeue and after expiry.  The dead
-  letter is appended to that one topic: the DLX's own exchange-to-exchange bindings and
-  alternate exchange are not applied, and messages carry the core's ``ps.dlq.*`` headers
-  instead of RabbitMQ's ``x-death``.
+  and key, used for expired messages: the core appends them to that one topic (the DLX's own
+  exchange-to-exchange bindings are not applied) with its ``ps.dlq.*`` headers.  A message
+  rejected (``basic.reject``/``nack`` without requeue) is dead-lettered by the session instead:
+  routed through the DLX like a publish, with RabbitMQ's ``x-death``
+  (:mod:`handlers.amqp.deadletter`).
 * ``x-max-length`` with ``x-overflow`` ``drop-head`` (default: the oldest ready messages are
   acknowledged after each publish) or ``reject-publish``/``reject-publish-dlx`` (a publish
   routed to a full queue is nacked and not stored at all, for every queue).  Lengths are exact
@@ -28,8 +29,9 @@ Queue arguments (:class:`QueueArguments`) and how they map onto the core:
 * ``x-expires`` → a timer on trio's clock per queue; the queue is deleted once it had no
   consumer and no declare/get for that long.
 * ``x-single-active-consumer`` → a Failover subscription; the first consumer is active.
-* ``x-max-priority`` is accepted and validated, but messages are delivered in publish order
-  (a documented limitation: no per-priority sub-queues yet).
+* ``x-max-priority`` (0..255) → consumers deliver the highest priority first among the messages they
+  hold (prefetch plus a lookahead window, :mod:`handlers.amqp.priority`); ``basic.get`` still
+  reads in publish order.
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ class QueueArguments:
                     f"invalid arg '{name}' for queue: {value!r}", 50, 10,
                 )
             values[name] = value
+        if values.get("x-max-priority", 0) > 255:
+            raise AMQPChannelError(
+                ReplyCode.PRECONDITION_FAILED,
+                f"invalid arg 'x-max-priority': {values['x-max-priority']} (max 255)", 50, 10
+            )
         if values.get("x-expires") == 0:
             raise AMQPChannelError(
                 ReplyCode.PRECONDITION_FAILED, "invalid arg 'x-expires': 0", 50, 10
