@@ -22,7 +22,7 @@ from core.subscriptions import (
     open_subscription_manager,
     read_ahead,
 )
-from core.subscriptions.read_ahead import BatchCache
+from core.subscriptions.read_ahead import BatchCache, SharedBatchCache
 from storage import open_storage
 
 EARLIEST = InitialPosition.EARLIEST
@@ -125,6 +125,96 @@ def test_batch_cache_reuses_the_same_entry_only(decodes: list[int]) -> None:
     assert cache.decodes == 2 and decodes == [10, 10]
     cache.clear()
     assert cache.covering(10) is None
+
+
+@pytest.mark.parametrize("kind", [SubscriptionType.SHARED, SubscriptionType.EXCLUSIVE])
+async def test_subscriptions_of_one_partition_decode_each_batch_once(
+    core: Core, decodes: list[int], kind: SubscriptionType
+) -> None:
+    n = 5
+    async with open_subscription_manager(core, read_ahead=4) as subs:
+        consumers = [
+            await subs.subscribe("t", f"s{i}", kind, initial_position=EARLIEST, max_permits=3)
+            for i in range(n)
+        ]
+        # published while all n read the partition (a lone reader keeps nothing shared)
+        for first in (0, BATCH):
+            batch = [Message(None, b"%d" % i) for i in range(first, first + BATCH)]
+            await core.append_messages("t", 0, batch)
+        got: list[list[int]] = [[] for _ in range(n)]
+        while any(len(g) < 2 * BATCH for g in got):
+            for c, g in zip(consumers, got, strict=True):
+                c.flow(3)
+                for d in await drain(c):
+                    c.ack(d.partition, d.offset)
+                    assert d.message.value == b"%d" % d.offset
+                    g.append(d.offset)
+        for c in consumers:
+            c.close()
+        assert subs.batches.decodes == 2 and subs.batches.hits >= (n - 1) * 2
+    assert got == [list(range(2 * BATCH))] * n
+    assert decodes == [0, BATCH]  # not n times each
+
+
+def _readers(cache: SharedBatchCache, *log_names: str) -> SharedBatchCache:
+    """``cache`` with two subscriptions reading each of ``log_names``."""
+    for name in log_names:
+        cache.attach(name)
+        cache.attach(name)
+    return cache
+
+
+def test_shared_batch_cache_is_an_lru_bounded_by_entries(decodes: list[int]) -> None:
+    cache = _readers(SharedBatchCache(max_batches=2), "t-0", "t-1")
+    a = cache.decode("t-0", _entry(0, 5))
+    assert cache.decode("t-0", _entry(0, 5)) is a  # another subscription: no decode
+    b = cache.decode("t-1", _entry(0, 5))  # another partition, same offsets
+    assert b is not a and decodes == [0, 0]
+    assert cache.decode("t-0", _entry(0, 5)) is a  # a is now the most recently used
+    cache.decode("t-0", _entry(5, 5))  # evicts b
+    assert len(cache) == 2 and cache.decode("t-0", _entry(0, 5)) is a
+    assert cache.decode("t-1", _entry(0, 5)) is not b
+    assert decodes == [0, 0, 5, 0] and cache.decodes == 4 and cache.hits == 3
+
+
+def test_shared_batch_cache_is_bounded_by_bytes(decodes: list[int]) -> None:
+    stored = _entry(0, 5).batch
+    one = SharedBatchCache.weight(bytes(stored), SharedBatchCache().decode("x", _entry(0, 5)))
+    cache = _readers(SharedBatchCache(max_bytes=2 * one), "t-0")
+    for base in (0, 5, 10):
+        cache.decode("t-0", _entry(base, 5))
+    assert len(cache) == 2 and cache.bytes == 2 * one
+    tiny = _readers(SharedBatchCache(max_bytes=one - 1), "t-0")
+    tiny.decode("t-0", _entry(0, 5))  # heavier than the bound: decoded, not kept
+    assert len(tiny) == 0 and tiny.bytes == 0
+
+
+def test_shared_batch_cache_keeps_batches_of_shared_partitions_only(decodes: list[int]) -> None:
+    cache = SharedBatchCache()
+    lone = BatchCache(cache, "t-0")
+    lone.decode(_entry(0, 5))
+    assert len(cache) == 0  # one reader: its own cache holds the batch
+    other = BatchCache(cache, "t-0")
+    batch = lone.decode(_entry(5, 5))
+    assert len(cache) == 1 and other.decode(_entry(5, 5)) is batch
+    other.close()
+    other.close()  # idempotent: detaches once
+    lone.decode(_entry(10, 5))
+    assert len(cache) == 1 and cache.decodes == 3 and cache.hits == 1
+    assert decodes == [0, 5, 10]
+
+
+def test_shared_batch_cache_checks_the_stored_bytes(decodes: list[int]) -> None:
+    cache = _readers(SharedBatchCache(), "t-0")
+    first = cache.decode("t-0", _entry(0, 5))
+    # same offsets, timestamp and size (a topic created again), other values
+    other = build_batch([Message(None, b"%d" % (i + 5)) for i in range(5)])
+    assert len(other) == len(_entry(0, 5).batch)
+    again = cache.decode("t-0", ReadEntry(0, 4, 7, memoryview(other)))
+    assert again is not first and len(cache) == 1 and cache.decodes == 2
+    assert [r.message.value for r in again.records] == [b"5", b"6", b"7", b"8", b"9"]
+    cache.forget("t-0")
+    assert len(cache) == 0 and cache.bytes == 0
 
 
 async def test_ack_many_acks_in_order_and_stops_at_an_unknown_offset(core: Core) -> None:

@@ -39,6 +39,7 @@ from core.subscriptions.errors import (
     UnknownSubscription,
 )
 from core.subscriptions.filters import MessageFilter
+from core.subscriptions.read_ahead import SharedBatchCache
 from core.subscriptions.redelivery import RedeliveryPolicy, dead_letter_topic
 from core.subscriptions.subscription import (
     DEFAULT_READ_AHEAD,
@@ -119,6 +120,8 @@ class SubscriptionManager:
         self._max_delayed = max_delayed
         self._subs: dict[tuple[TopicName, str], TopicSubscription] = {}
         self._lock = trio.Lock()
+        #: decoded batches shared by every subscription's read-ahead (see :mod:`.read_ahead`)
+        self.batches = SharedBatchCache()
 
     # ------------------------------------------------------------ lookup
 
@@ -260,13 +263,14 @@ class SubscriptionManager:
             self.core, topic, partition, name, cursor,
             store=self.store if durable else None, nursery=self._nursery,
             clock_ms=self.clock_ms, read_ahead=self._read_ahead, read_bytes=self._read_bytes,
-            max_delayed=self._max_delayed,
+            max_delayed=self._max_delayed, shared_batches=self.batches,
         )
         sub.on_gone = self._topic_gone
         return sub
 
     def _topic_gone(self, sub: PartitionSubscription) -> None:
         """The topic was deleted: forget the subscription and its stored cursors."""
+        self.batches.forget(sub.log_name)
         group = self._subs.pop((sub.topic, sub.name), None)
         if group is None:
             return

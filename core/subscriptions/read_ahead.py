@@ -11,6 +11,22 @@ without asking the log at all, and a read that returns the same batch again
 Only one batch is held (the one straddling the read position), so the memory
 kept is bounded by the largest stored batch.
 
+With fan-out (many MQTT subscribers, several AMQP queues bound to one exchange)
+many subscriptions read the same stored batch at about the same time.  Their
+caches therefore decode through one :class:`SharedBatchCache` (owned by the
+:class:`~core.subscriptions.manager.SubscriptionManager`): a small LRU of
+decoded batches keyed by (partition log name, base offset), so a batch is
+decoded once per partition while it is hot, not once per subscription.  Only
+partitions read by two subscriptions or more keep batches there: for a lone
+reader its own cache is enough, and holding batches it will not read again
+would only cost memory and garbage-collector time.  A hit
+must also be the same stored bytes (compared in full: a memcmp, far cheaper
+than a decode), so a topic deleted and created again under the same name can
+never be served another topic's records.  The decoded records are shared:
+:class:`~core.records.StoredMessage` and :class:`~core.records.Message` are
+frozen, and neither the subscriptions nor the protocol handlers mutate the
+records list or a message's headers list (treat them as immutable).
+
 :class:`ReadAheadFill` (mixed into :class:`PartitionSubscription`) is the fill
 itself: log reads into the read-ahead, skipping what is acknowledged or held
 elsewhere, acknowledging control records, filtered-out and expired messages,
@@ -20,12 +36,13 @@ and parking delayed ones.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from core.batch import COMPRESSION_MASK
 from core.cursor import Cursor
 from core.errors import OffsetOutOfRange
 from core.headers import is_expired
@@ -42,7 +59,24 @@ from core.transactions.reads import read_committed
 if TYPE_CHECKING:
     from core.api import Core
 
-__all__ = ["BatchCache", "DecodedBatch", "ReadAheadFill"]
+__all__ = [
+    "DEFAULT_SHARED_BATCHES",
+    "DEFAULT_SHARED_BATCH_BYTES",
+    "BatchCache",
+    "DecodedBatch",
+    "ReadAheadFill",
+    "SharedBatchCache",
+]
+
+#: decoded batches a :class:`SharedBatchCache` holds by default (all partitions together)
+DEFAULT_SHARED_BATCHES = 32
+#: estimated bytes (see :meth:`SharedBatchCache.weight`) it holds by default
+DEFAULT_SHARED_BATCH_BYTES = 32 << 20
+#: estimated memory of one decoded record beyond its key and value bytes: the
+#: StoredMessage, Message, headers list and bytes objects' overhead
+_RECORD_OVERHEAD = 256
+#: index of the low byte of a v2 batch header's attributes (compression codec bits)
+_ATTRIBUTES_LOW = 22
 
 _offset_of = attrgetter("offset")
 
@@ -74,12 +108,128 @@ class DecodedBatch:
         )
 
 
-class BatchCache:
-    """The last batch decoded for a read-ahead (see the module docstring)."""
+def _decoded(entry: ReadEntry, stored: bytes) -> DecodedBatch:
+    """``entry`` (whose bytes are ``stored``) decoded."""
+    return DecodedBatch(
+        entry.base_offset, entry.last_offset, entry.broker_timestamp, len(stored),
+        decode_batch(stored),
+    )
 
-    def __init__(self) -> None:
+
+class SharedBatchCache:
+    """Decoded batches shared by the subscriptions of every partition (an LRU).
+
+    Keyed by (partition log name, base offset).  Bounded both by
+    ``max_batches`` entries and by ``max_bytes`` of estimated memory
+    (:meth:`weight`: the stored bytes kept for the hit check, plus the decoded
+    records); a batch heavier than ``max_bytes`` is decoded but not kept.  The
+    least recently used batches go first.  Batches are kept only for partitions
+    with two readers or more (:meth:`attach`).  Not thread-safe (one trio run).
+    """
+
+    def __init__(
+        self,
+        max_batches: int = DEFAULT_SHARED_BATCHES,
+        max_bytes: int = DEFAULT_SHARED_BATCH_BYTES,
+    ) -> None:
+        if max_batches < 1 or max_bytes < 1:
+            raise ValueError("max_batches and max_bytes must be positive")
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self._held: OrderedDict[tuple[str, int], tuple[bytes, DecodedBatch, int]] = (
+            OrderedDict()
+        )
+        self._readers: dict[str, int] = {}  # log name -> subscriptions reading it
+        #: estimated bytes held (the sum of the held batches' :meth:`weight`)
+        self.bytes = 0
+        #: batches decoded, and batches served without a decode (for tests and benchmarks)
+        self.decodes = 0
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def attach(self, log_name: str) -> None:
+        """One more subscription reads the partition log ``log_name``."""
+        self._readers[log_name] = self._readers.get(log_name, 0) + 1
+
+    def detach(self, log_name: str) -> None:
+        """A subscription of ``log_name`` closed (one :meth:`detach` per :meth:`attach`)."""
+        left = self._readers.get(log_name, 0) - 1
+        if left > 0:
+            self._readers[log_name] = left
+        else:
+            self._readers.pop(log_name, None)
+
+    @staticmethod
+    def weight(stored: bytes, batch: DecodedBatch) -> int:
+        """Estimated memory of a held batch: the stored bytes plus the decoded records.
+
+        The stored bytes count twice (kept for the hit check, and again for the
+        keys, values and headers decoded from them) plus a fixed overhead per
+        record (the objects around them).  A compressed batch decodes to more
+        than it stores: its keys and values are summed instead.
+        """
+        records = batch.records
+        weight = 2 * len(stored) + _RECORD_OVERHEAD * len(records)
+        if len(stored) > _ATTRIBUTES_LOW and stored[_ATTRIBUTES_LOW] & COMPRESSION_MASK:
+            for stored_message in records:
+                message = stored_message.message
+                weight += len(message.key or b"") + len(message.value or b"")
+        return weight
+
+    def decode(self, log_name: str, entry: ReadEntry) -> DecodedBatch:
+        """``entry`` of the partition log ``log_name``, decoded (held, or decoded now)."""
+        key = (log_name, entry.base_offset)
+        stored = bytes(entry.batch)
+        held = self._held.get(key)
+        if held is not None:
+            held_stored, batch, weight = held
+            if batch.same_entry(entry) and held_stored == stored:
+                self._held.move_to_end(key)
+                self.hits += 1
+                return batch
+            del self._held[key]  # that offset was rewritten (topic created again)
+            self.bytes -= weight
+        batch = _decoded(entry, stored)
+        self.decodes += 1
+        if self._readers.get(log_name, 0) < 2:
+            return batch  # a lone reader: nobody else would use it
+        weight = self.weight(stored, batch)
+        if weight <= self.max_bytes:
+            self._held[key] = (stored, batch, weight)
+            self.bytes += weight
+            while len(self._held) > self.max_batches or self.bytes > self.max_bytes:
+                _, (_, _, dropped) = self._held.popitem(last=False)
+                self.bytes -= dropped
+        return batch
+
+    def forget(self, log_name: str) -> None:
+        """Drop every batch held for the partition log ``log_name`` (it was deleted)."""
+        for key in [k for k in self._held if k[0] == log_name]:
+            self.bytes -= self._held.pop(key)[2]
+
+    def clear(self) -> None:
+        """Drop every held batch."""
+        self._held.clear()
+        self.bytes = 0
+
+
+class BatchCache:
+    """The last batch decoded for a read-ahead (see the module docstring).
+
+    With ``shared`` (and the partition's ``log_name``) the batches it decodes
+    come through that :class:`SharedBatchCache`, as one of its readers until
+    :meth:`close`; without, it decodes itself.
+    """
+
+    def __init__(self, shared: SharedBatchCache | None = None, log_name: str = "") -> None:
         self._batch: DecodedBatch | None = None
-        #: how many batches were decoded (for tests and benchmarks)
+        self._shared = shared
+        self._log_name = log_name
+        if shared is not None:
+            shared.attach(log_name)
+        #: how many batches this cache asked for (decoded, or taken from ``shared``)
         self.decodes = 0
 
     def covering(self, position: int) -> DecodedBatch | None:
@@ -94,18 +244,25 @@ class BatchCache:
         batch = self._batch
         if batch is not None and batch.same_entry(entry):
             return batch
-        records = decode_batch(entry.batch)
         self.decodes += 1
-        batch = DecodedBatch(
-            entry.base_offset, entry.last_offset, entry.broker_timestamp, len(entry.batch),
-            records,
-        )
+        shared = self._shared
+        if shared is not None:
+            batch = shared.decode(self._log_name, entry)
+        else:
+            batch = _decoded(entry, bytes(entry.batch))
         self._batch = batch
         return batch
 
     def clear(self) -> None:
         """Forget the held batch (a seek, going idle)."""
         self._batch = None
+
+    def close(self) -> None:
+        """Forget the held batch and stop being a reader of the shared cache (idempotent)."""
+        self._batch = None
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.detach(self._log_name)
 
 
 class ReadAheadFill:

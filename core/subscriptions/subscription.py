@@ -76,7 +76,7 @@ from core.subscriptions.items import Buffered, Pending
 from core.subscriptions.log_reads import read_offsets
 from core.subscriptions.options import SubscriptionOptions
 from core.subscriptions.purging import ReadyAcks
-from core.subscriptions.read_ahead import BatchCache, ReadAheadFill
+from core.subscriptions.read_ahead import BatchCache, ReadAheadFill, SharedBatchCache
 from core.subscriptions.redelivery import (
     RedeliveryQueue,
     Waiting,
@@ -130,8 +130,13 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         read_ahead: int = DEFAULT_READ_AHEAD,
         read_bytes: int = DEFAULT_READ_BYTES,
         max_delayed: int = DEFAULT_MAX_DELAYED,
+        shared_batches: SharedBatchCache | None = None,
     ) -> None:
-        """``max_delayed`` caps the delayed messages held (see the module docstring)."""
+        """``max_delayed`` caps the delayed messages held (see the module docstring).
+
+        ``shared_batches`` is the decoded-batch cache shared with the other
+        subscriptions (see :mod:`.read_ahead`); without it this one decodes alone.
+        """
         if read_ahead < 1 or read_bytes < 1:
             raise ValueError("read_ahead and read_bytes must be positive")
         self.core = core
@@ -156,7 +161,8 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         # every offset held (pending, redelivery, dead letters, delayed, due) is below
         self._read_high = self._read_position
         self._read_ahead: deque[Buffered] = deque()
-        self._batches = BatchCache()  # the stored batch the read-ahead stopped in
+        # the stored batch the read-ahead stopped in
+        self._batches = BatchCache(shared_batches, self.log_name)
         self._pending: dict[int, Pending] = {}
         self._redeliver = RedeliveryQueue()
         self._dead: dict[int, Buffered] = {}
@@ -314,6 +320,7 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         for c in list(self.consumers):
             c.close(reason)
         self._go_idle()
+        self._batches.close()
         self.cursor.close()
         self.wake()
 
