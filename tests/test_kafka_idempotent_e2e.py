@@ -78,10 +78,13 @@ async def test_init_producer_id_allocates_fresh_ids_at_epoch_zero(
     assert min(ids) >= 0
 
 
-async def test_transactional_ids_are_refused_for_now(ctx: ServiceContext) -> None:
-    response = await dispatch(ctx, decoded(ApiKey.InitProducerId, 4, init_body(4, "txn-1")))
-    assert response.error_code == ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-    assert response.producer_id == -1
+async def test_transactional_ids_get_a_producer_and_bump_the_epoch(
+        ctx: ServiceContext) -> None:
+    first = await dispatch(ctx, decoded(ApiKey.InitProducerId, 4, init_body(4, "txn-1")))
+    assert (first.error_code, first.producer_epoch) == (ErrorCode.NONE, 0)
+    again = await dispatch(ctx, decoded(ApiKey.InitProducerId, 4, init_body(4, "txn-1")))
+    assert (again.error_code, again.producer_id) == (ErrorCode.NONE, first.producer_id)
+    assert again.producer_epoch == 1  # the previous session is fenced
 
 
 def pbatch(pid: int, seq: int, *values: bytes) -> bytes:

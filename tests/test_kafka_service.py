@@ -332,8 +332,9 @@ async def test_produce_errors_store_nothing(ctx: ServiceContext) -> None:
         "partition": (produce_body("t", {5: good}), ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
         "name": (produce_body("no/slash", {0: good}), ErrorCode.INVALID_TOPIC_EXCEPTION),
         "acks": (produce_body("t", {0: good}, acks=2), ErrorCode.INVALID_REQUIRED_ACKS),
+        # a transactional produce with no open transaction for its producer
         "txn": (produce_body("t", {0: good}, transactional_id="tx"),
-                ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+                ErrorCode.INVALID_TXN_STATE),
     }
     for name, (body, expected) in cases.items():
         [part] = partitions_of(await call(ctx, ApiKey.Produce, 8, body))

@@ -89,9 +89,21 @@ SUPPORTED_APIS: Mapping[int, ApiVersionRange] = _table(
     ApiVersionRange(ApiKey.SaslHandshake, 0, 1),
     # SaslAuthenticate 0-2: v1+ report session lifetime 0 (no re-authentication, KIP-368).
     ApiVersionRange(ApiKey.SaslAuthenticate, 0, 2),
-    # InitProducerId 0-5: idempotent producers only (transactional ids are refused); v4/v5
-    # only add error codes for transactions; v6 adds 2PC fields (KIP-939, unstable spec).
+    # InitProducerId 0-5: idempotent and transactional producers; v4/v5 only add error codes
+    # for transactions; v6 adds 2PC fields (KIP-939, unstable spec).
     ApiVersionRange(ApiKey.InitProducerId, 0, 5),
+    # transactions (handlers/kafka/service/{add_partitions_to_txn,...,describe_producers}.py):
+    # AddPartitionsToTxn 0-3: v4+ batch transactions and are for brokers only (KIP-890).
+    ApiVersionRange(ApiKey.AddPartitionsToTxn, 0, 3),
+    ApiVersionRange(ApiKey.AddOffsetsToTxn, 0, 4),
+    # EndTxn 0-4 and TxnOffsetCommit 0-4: v5 are transactions v2 (KIP-890 part 2: an epoch
+    # bump per transaction, implicit AddOffsetsToTxn), which we do not advertise.
+    ApiVersionRange(ApiKey.EndTxn, 0, 4),
+    ApiVersionRange(ApiKey.TxnOffsetCommit, 0, 4),
+    ApiVersionRange(ApiKey.DescribeProducers, 0, 0),
+    ApiVersionRange(ApiKey.DescribeTransactions, 0, 0),
+    # ListTransactions 0: v1 adds a duration filter (no start times kept), v2 an id pattern.
+    ApiVersionRange(ApiKey.ListTransactions, 0, 0),
 )
 """api_key -> served version range; read-only, ordered by api key."""
 

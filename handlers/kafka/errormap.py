@@ -30,6 +30,7 @@ from core.errors import (
     UnsupportedBatchVersion,
 )
 from core.exclusive import ProducerFenced
+from core.transactions import errors as txn
 from handlers.kafka.errors import ErrorCode
 
 __all__ = ["CODES", "error_code"]
@@ -59,6 +60,15 @@ CODES: Mapping[type[CoreError], ErrorCode] = MappingProxyType({
     InvalidProducerEpoch: ErrorCode.INVALID_PRODUCER_EPOCH,
     UnknownProducerId: ErrorCode.UNKNOWN_PRODUCER_ID,
     ProducerFenced: ErrorCode.PRODUCER_FENCED,
+    # transactions (core.transactions.errors; its docstring gives this mapping)
+    txn.ProducerFenced: ErrorCode.PRODUCER_FENCED,
+    txn.InvalidTxnState: ErrorCode.INVALID_TXN_STATE,  # also PartitionNotInTransaction
+    txn.ConcurrentTransactions: ErrorCode.CONCURRENT_TRANSACTIONS,
+    txn.TransactionTimedOut: ErrorCode.INVALID_PRODUCER_EPOCH,  # Kafka's answer after a timeout
+    txn.UnknownTransaction: ErrorCode.INVALID_PRODUCER_ID_MAPPING,
+    txn.InvalidProducerIdMapping: ErrorCode.INVALID_PRODUCER_ID_MAPPING,
+    txn.TooManyTransactions: ErrorCode.COORDINATOR_NOT_AVAILABLE,
+    txn.InvalidTransactionTimeout: ErrorCode.INVALID_TRANSACTION_TIMEOUT,
 })
 """Most specific core error class -> Kafka error code."""
 

@@ -43,6 +43,7 @@ from handlers.kafka.framing import DEFAULT_MAX_REQUEST_SIZE
 from handlers.kafka.groups import GroupConfig, GroupCoordinator, install_coordinator
 from handlers.kafka.sasl import KafkaSaslServer, parse_mechanisms
 from handlers.kafka.service import ServiceContext
+from handlers.kafka.service.txn_offset_commit import install_offset_committer
 from handlers.kafka.session import DEFAULT_MAX_IN_FLIGHT, KafkaSession
 from storage.api import MetadataStore, VersionConflictError
 
@@ -165,6 +166,7 @@ class KafkaHandler(ProtocolHandler):
         cluster_id = await load_cluster_id(core.storage.metadata)
         coordinator = GroupCoordinator(core.storage.metadata, settings.group_config())
         install_coordinator(core, coordinator)
+        install_offset_committer(core)  # transactional offset commits go through the groups
         context.nursery.start_soon(coordinator.run)
         host, port = self._advertised(context.listeners[0] if context.listeners else None)
         self._context = context

@@ -21,6 +21,8 @@ import trio
 from handlers.kafka.apis import ApiKey
 from handlers.kafka.codec import KafkaRequest
 from handlers.kafka.service import (
+    add_offsets_to_txn,
+    add_partitions_to_txn,
     alter_configs,
     api_versions,
     create_partitions,
@@ -31,6 +33,9 @@ from handlers.kafka.service import (
     describe_cluster,
     describe_configs,
     describe_groups,
+    describe_producers,
+    describe_transactions,
+    end_txn,
     fetch,
     find_coordinator,
     heartbeat,
@@ -40,6 +45,7 @@ from handlers.kafka.service import (
     leave_group,
     list_groups,
     list_offsets,
+    list_transactions,
     metadata,
     offset_commit,
     offset_delete,
@@ -48,6 +54,7 @@ from handlers.kafka.service import (
     sasl_authenticate,
     sasl_handshake,
     sync_group,
+    txn_offset_commit,
 )
 from handlers.kafka.service.context import (
     NO_RESPONSE,
@@ -98,6 +105,13 @@ SERVICES: Mapping[int, Service] = MappingProxyType({
     int(ApiKey.DescribeGroups): describe_groups.handle,
     int(ApiKey.DeleteGroups): delete_groups.handle,
     int(ApiKey.InitProducerId): init_producer_id.handle,
+    int(ApiKey.AddPartitionsToTxn): add_partitions_to_txn.handle,
+    int(ApiKey.AddOffsetsToTxn): add_offsets_to_txn.handle,
+    int(ApiKey.EndTxn): end_txn.handle,
+    int(ApiKey.TxnOffsetCommit): txn_offset_commit.handle,
+    int(ApiKey.DescribeProducers): describe_producers.handle,
+    int(ApiKey.DescribeTransactions): describe_transactions.handle,
+    int(ApiKey.ListTransactions): list_transactions.handle,
 })
 """api_key -> the coroutine function that serves it."""
 

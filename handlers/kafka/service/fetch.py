@@ -14,10 +14,13 @@ How a fetch is answered
    during collection, then collect again.  The wait is bounded by ``trio.move_on_at`` and cut
    short when the broker is stopping.
 
-The response gives per partition the high watermark, ``last_stable_offset`` (= the high
-watermark: there are no transactions yet) and ``log_start_offset``.  ``isolation_level`` is
-accepted, but READ_COMMITTED behaves as READ_UNCOMMITTED until transactions exist (it gets an
-empty ``aborted_transactions`` list).
+The response gives per partition the high watermark, ``last_stable_offset`` and
+``log_start_offset``.  With ``isolation_level`` 1 (READ_COMMITTED) a partition is read through
+:meth:`core.transactions.read_committed`: data only below the last stable offset, plus the
+``aborted_transactions`` (producer id, first offset) with data in the returned range; the
+batches of aborted transactions and the control batches (markers) are returned as stored, and
+clients drop them with that list, as with Kafka.  READ_UNCOMMITTED reports the high watermark as
+``last_stable_offset`` and a null ``aborted_transactions``.
 
 Encoding: the answer is a :class:`FetchResponse`, not a kafka-python object.  It reads like
 one (same attribute names) but encodes itself (:meth:`FetchResponse.encode_frame`, the bytes
@@ -67,6 +70,8 @@ class _Partition:
     high_watermark: int = -1
     log_start_offset: int = -1
     entries: list[ReadEntry] = field(default_factory=list)
+    last_stable_offset: int = -1
+    aborted: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -85,7 +90,8 @@ async def handle(ctx: ServiceContext, request: KafkaRequest) -> FetchResponse:
               for t in body.topics for p in t.partitions]
     max_bytes = body.max_bytes
     deadline = trio.current_time() + max(body.max_wait_ms, 0) / 1000
-    total = await _collect(ctx, wanted, max_bytes)
+    committed = version >= 4 and body.isolation_level == READ_COMMITTED
+    total = await _collect(ctx, wanted, max_bytes, committed)
     while total < body.min_bytes and not _stopping(ctx):
         if not wanted or any(p.error != ErrorCode.NONE for p in wanted):
             break  # as in Kafka: an error is answered at once
@@ -95,8 +101,7 @@ async def handle(ctx: ServiceContext, request: KafkaRequest) -> FetchResponse:
             await _wait_for_any(ctx, wanted)
         if scope.cancelled_caught:
             break
-        total = await _collect(ctx, wanted, max_bytes)
-    committed = version >= 4 and body.isolation_level == READ_COMMITTED
+        total = await _collect(ctx, wanted, max_bytes, committed)
     return _answer(version, wanted, committed)
 
 
@@ -104,11 +109,14 @@ def _stopping(ctx: ServiceContext) -> bool:
     return ctx.stopping is not None and ctx.stopping.is_set()
 
 
-async def _collect(ctx: ServiceContext, wanted: list[_Partition], max_bytes: int) -> int:
-    """One read pass over every partition; return the bytes collected."""
+async def _collect(ctx: ServiceContext, wanted: list[_Partition], max_bytes: int,
+                   committed: bool = False) -> int:
+    """One read pass over every partition (``committed``: READ_COMMITTED); return the bytes
+    collected."""
     total = 0
     for p in wanted:
         p.entries = []
+        p.aborted = []
         p.error = ErrorCode.NONE
         try:
             if p.ref is None:
@@ -117,13 +125,20 @@ async def _collect(ctx: ServiceContext, wanted: list[_Partition], max_bytes: int
             p.log_start_offset = await ctx.core.earliest_offset(p.ref, p.index)
             if not p.log_start_offset <= p.offset <= p.high_watermark:
                 raise OffsetOutOfRange(p.offset, p.log_start_offset, p.high_watermark)
+            p.last_stable_offset = p.high_watermark
+            if committed:
+                p.last_stable_offset = await ctx.core.transactions.last_stable_offset(
+                    p.ref, p.index)
             budget = min(p.max_bytes, max_bytes - total)
-            if p.offset == p.high_watermark or (budget <= 0 and total > 0):
+            if p.offset >= p.last_stable_offset or (budget <= 0 and total > 0):
                 continue
-            entries = await ctx.core.read(p.ref, p.index, p.offset, max(budget, 1))
+            if committed:
+                entries = await _read_committed(ctx, p, p.ref, max(budget, 1))
+            else:
+                entries = await ctx.core.read(p.ref, p.index, p.offset, max(budget, 1))
         except CoreError as exc:
             p.error = error_code(exc)
-            p.high_watermark = p.log_start_offset = -1
+            p.high_watermark = p.log_start_offset = p.last_stable_offset = -1
             continue
         if total > 0:  # only the first partition with data may exceed the budget
             kept, size = [], 0
@@ -136,6 +151,16 @@ async def _collect(ctx: ServiceContext, wanted: list[_Partition], max_bytes: int
         p.entries = entries
         total += p.size
     return total
+
+
+async def _read_committed(ctx: ServiceContext, p: _Partition, ref: str, max_bytes: int
+                          ) -> list[ReadEntry]:
+    """Batches below the last stable offset; sets the partition's LSO and aborted list."""
+    read = await ctx.core.transactions.read_committed(ref, p.index, p.offset, max_bytes)
+    p.high_watermark = max(p.high_watermark, read.high_watermark)
+    p.last_stable_offset = read.last_stable_offset
+    p.aborted = [(a.producer_id, a.first_offset) for a in read.aborted]
+    return read.entries
 
 
 async def _wait_for_any(ctx: ServiceContext, wanted: list[_Partition]) -> None:
@@ -165,8 +190,9 @@ def _answer(version: int, wanted: list[_Partition], committed: bool) -> FetchRes
         if not topics or topics[-1].topic != p.topic:
             topics.append(FetchableTopic(p.topic, []))
         topics[-1].partitions.append(PartitionData(
-            p.index, int(p.error), p.high_watermark, p.high_watermark, p.log_start_offset,
-            [] if committed else None, [e.batch for e in p.entries]))
+            p.index, int(p.error), p.high_watermark,
+            p.last_stable_offset if committed else p.high_watermark, p.log_start_offset,
+            p.aborted if committed else None, [e.batch for e in p.entries]))
     return FetchResponse(version, topics)
 
 

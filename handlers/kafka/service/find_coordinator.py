@@ -1,7 +1,8 @@
-"""FindCoordinator: this broker coordinates every group (and, later, every transaction).
+"""FindCoordinator: this broker coordinates every group and every transactional id.
 
-Key type 0 (group) and 1 (transaction) are answered with our node; v4+ answers each key of the
-batch (``CoordinatorKeys``, KIP-699).  Other key types get ``INVALID_REQUEST``.
+Key type 0 (group) and 1 (transaction: the core's transaction coordinator, reached through
+InitProducerId, AddPartitionsToTxn, ..., EndTxn) are answered with our node; v4+ answers each
+key of the batch (``CoordinatorKeys``, KIP-699).  Other key types get ``INVALID_REQUEST``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,14 @@
 * ``timeout_ms`` is not applied: once offsets are assigned the append always completes.
 
 Idempotent batches (producer id set, from InitProducerId) are deduplicated by the core in the
-same step that assigns offsets.  Transactions are not served yet: a transactional request
-(``transactional_id`` set) is refused with ``TRANSACTIONAL_ID_AUTHORIZATION_FAILED``.
+same step that assigns offsets.
+
+Transactional requests (``transactional_id`` set) go to the producer's open transaction on the
+core (:meth:`TransactionCoordinator.append`): the batches must carry the transaction's producer
+id and epoch and the transactional bit, and the partition must have been added with
+AddPartitionsToTxn -- otherwise ``INVALID_TXN_STATE`` (no open transaction, partition not
+added, non-transactional batch) or ``INVALID_PRODUCER_EPOCH`` (an old epoch: a fenced zombie,
+Kafka's answer to Produce).
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ from typing import Any
 
 import trio
 
+from core.batch import read_header
 from core.errors import CoreError
+from core.transactions import InvalidTxnState, ProducerFenced
 from handlers.kafka import registry
 from handlers.kafka.apis import ApiKey
 from handlers.kafka.codec import KafkaRequest
 from handlers.kafka.errormap import error_code
 from handlers.kafka.errors import ErrorCode
 from handlers.kafka.service.context import NO_RESPONSE, CloseConnection, Reply, ServiceContext
+from handlers.kafka.service.init_producer_id import current_epoch
 
 __all__ = ["handle"]
 
@@ -67,8 +76,6 @@ async def handle(
     refused: ErrorCode | None = None
     if acks not in VALID_ACKS:
         refused = ErrorCode.INVALID_REQUIRED_ACKS
-    elif body.transactional_id is not None:
-        refused = ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     results: list[tuple[str, list[tuple[int, _Result]]]] = []
     appends: list[tuple[str, int, Any, _Result]] = []
     for topic in body.topic_data:
@@ -83,9 +90,10 @@ async def handle(
             ref = await _resolve(ctx, topic.name, data.index, result)
             if ref is not None:
                 appends.append((ref, data.index, data.records, result))
+    append = _append if body.transactional_id is None else _append_txn
     async with trio.open_nursery() as nursery:
         for ref, index, records, result in appends:
-            await nursery.start(_append, ctx, ref, index, records, result)
+            await nursery.start(append, ctx, ref, index, records, result)
         task_status.started()
     if acks == 0:
         failed = [(name, index, r) for name, parts in results for index, r in parts
@@ -125,6 +133,33 @@ async def _append(ctx: ServiceContext, ref: str, index: int, records: Any, resul
         result.error = error_code(exc)
         result.message = str(exc)
         log.debug("produce to %s[%d] refused: %s", ref, index, exc)
+
+
+async def _append_txn(ctx: ServiceContext, ref: str, index: int, records: Any,
+                      result: _Result,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    # As _append: nothing awaits between started() and the partition's offset assignment (the
+    # coordinator's checks before it are synchronous for a cached topic).
+    task_status.started()
+    data = memoryview(b"" if records is None else records)
+    try:
+        header = read_header(data)
+        producer_id = header.producer_id
+        txn = ctx.core.transactions.current(producer_id)
+        if txn is None:
+            known = current_epoch(ctx.core, producer_id)
+            if known is not None and header.producer_epoch < known:
+                raise ProducerFenced(f"producer {producer_id} epoch is fenced by {known}")
+            raise InvalidTxnState(f"producer {producer_id} has no open transaction")
+        appended = await ctx.core.transactions.append(txn, ref, index, data)
+        result.base_offset = appended.base_offset
+        result.log_start_offset = await ctx.core.earliest_offset(ref, index)
+    except CoreError as exc:
+        # Kafka answers a stale epoch on Produce with INVALID_PRODUCER_EPOCH
+        result.error = ErrorCode.INVALID_PRODUCER_EPOCH if isinstance(
+            exc, ProducerFenced) else error_code(exc)
+        result.message = str(exc)
+        log.debug("transactional produce to %s[%d] refused: %s", ref, index, exc)
 
 
 def _response(version: int, results: list[tuple[str, list[tuple[int, _Result]]]]) -> Any:
