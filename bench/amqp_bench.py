@@ -24,8 +24,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,6 @@ import loadgen_amqp as gen  # noqa: E402
 import peers  # noqa: E402
 
 TARGETS = {"transient": 1.0, "persistent": 1.5}
-
-BrokerFactory = Callable[[], AbstractContextManager[peers.RunningBroker]]
 
 
 def run_cell(
@@ -143,34 +140,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := set(kinds) - set(TARGETS):
         ap.error(f"unknown kinds {sorted(unknown)}")
-    factories: dict[str, BrokerFactory] = {
+    factories: dict[str, peers.BrokerFactory] = {
         "rabbitmq": peers.rabbitmq,
         "polystream": lambda: peers.polystream("amqp", durability=args.durability),
     }
-    results: list[dict[str, Any]] = []
-    versions: dict[str, str] = {}
-    notes: list[str] = []
     started = time.monotonic()
-    for name in args.brokers.split(","):
-        if name not in factories:
-            ap.error(f"unknown broker {name!r}")
-        if name == "polystream" and not peers.handler_registered("amqp"):
-            notes.append("polystream: no 'amqp' handler registered; skipped")
-            continue
-        try:
-            with factories[name]() as broker:
-                versions[name] = broker.version
-                for kind in kinds:
-                    for size in sizes:
-                        for rate in (None, args.rate):
-                            cell = run_cell(broker, size=size, persistent=kind == "persistent",
-                                            duration=duration, rate=rate, window=args.window,
-                                            prefetch=args.prefetch,
-                                            e2e_window=args.e2e_window)
-                            results.append(cell)
-                            _progress(cell)
-        except peers.BrokerError as exc:
-            notes.append(f"{name}: failed to start: {exc}")
+    names = args.brokers.split(",")
+    if missing := [n for n in names if n not in factories]:
+        ap.error(f"unknown broker {missing[0]!r}")
+
+    def cells(broker: peers.RunningBroker) -> Iterator[dict[str, Any]]:
+        for kind in kinds:
+            for size in sizes:
+                for rate in (None, args.rate):
+                    yield run_cell(broker, size=size, persistent=kind == "persistent",
+                                   duration=duration, rate=rate, window=args.window,
+                                   prefetch=args.prefetch, e2e_window=args.e2e_window)
+
+    run = peers.run_brokers(names, factories, "amqp", cells, _progress)
+    results, versions, notes = run.results, run.versions, run.notes
     print()
     print(results_table(results))
     ratios = ratio_rows(results, "rabbitmq")

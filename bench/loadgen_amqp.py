@@ -15,18 +15,17 @@ one result on a queue.  Blocking sockets with ``select`` for pacing; no event lo
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import struct
 import sys
 import time
 import traceback
-from array import array
 from collections.abc import MutableSequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
+from loadgen_common import ReceiverResult, ResultQueue, SharedInt, cpu_seconds
 from pamqp import body, commands, header
 from pamqp import frame as amqp_frame
 from pamqp.base import Frame
@@ -52,18 +51,6 @@ DRAIN_TIMEOUT_S = 3.0
 MAX_DRAIN_S = 10.0
 HANDSHAKE_TIMEOUT_S = 10.0
 FRAME_MAX = 131072
-
-
-class ResultQueue(Protocol):
-    """The part of ``multiprocessing.Queue`` the workers use."""
-
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None: ...
-
-
-class SharedInt(Protocol):
-    """A ``multiprocessing.Value('q')``: the publisher writes how many it sent."""
-
-    value: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,25 +91,6 @@ class PublisherResult:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     error: str = ""
-
-
-@dataclass(slots=True)
-class ConsumerResult:
-    """What one consumer received; ``latencies_us`` only when asked for."""
-
-    index: int
-    received: int = 0
-    t_first_ns: int = 0
-    t_last_ns: int = 0
-    latencies_us: array[int] = field(default_factory=lambda: array("q"))
-    cpu_s: float = 0.0
-    wall_s: float = 0.0
-    error: str = ""
-
-
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 class _Conn:
@@ -222,7 +190,7 @@ def run_consumer(index: int, target: Target, plan: QueuePlan, expected: SharedIn
     ``expected.value`` is -1 while the publisher runs; then the number of messages it sent.
     The queue is deleted at the end.
     """
-    result = ConsumerResult(index)
+    result = ReceiverResult(index)
     conn: _Conn | None = None
     ready = False
     try:
@@ -260,7 +228,7 @@ def _delete_queue(conn: _Conn, name: str) -> None:
 
 
 def _consume(conn: _Conn, plan: QueuePlan, expected: SharedInt,
-             progress: MutableSequence[int], result: ConsumerResult, keep_latency: bool) -> None:
+             progress: MutableSequence[int], result: ReceiverResult, keep_latency: bool) -> None:
     index = result.index
     sock = conn.sock
     sock.settimeout(0.2)
@@ -269,7 +237,7 @@ def _consume(conn: _Conn, plan: QueuePlan, expected: SharedInt,
     ack_every = max(1, plan.prefetch // 4)
     received = unacked = last_tag = 0
     first_ns = last_ns = 0
-    cpu0, wall0 = _cpu(), time.monotonic()
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
     idle_since = time.monotonic()
     drain_until = 0.0
     monotonic_ns = time.monotonic_ns
@@ -332,7 +300,7 @@ def _consume(conn: _Conn, plan: QueuePlan, expected: SharedInt,
     if unacked:
         ack()
     result.received, result.t_first_ns, result.t_last_ns = received, first_ns, last_ns
-    result.cpu_s, result.wall_s = _cpu() - cpu0, time.monotonic() - wall0
+    result.cpu_s, result.wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0
 
 
 def run_publisher(target: Target, plan: QueuePlan, expected: SharedInt,
@@ -406,7 +374,7 @@ def _publish(
     monotonic_ns = time.monotonic_ns
     pack_ts = _TS.pack
     sent = 0
-    cpu0, wall0 = _cpu(), time.monotonic()
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
     t0 = monotonic_ns()
     stop_ns = t0 + int(plan.duration * 1e9)
     rate = plan.rate
@@ -463,4 +431,4 @@ def _publish(
     while confirms.count < sent and time.monotonic() < deadline:
         read_confirms(0.2)
     result.confirmed, result.nacked = confirms.count, confirms.nacked
-    result.cpu_s, result.wall_s = _cpu() - cpu0, time.monotonic() - wall0
+    result.cpu_s, result.wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0

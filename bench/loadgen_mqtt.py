@@ -26,10 +26,10 @@ import socket
 import struct
 import time
 import traceback
-from array import array
 from collections.abc import MutableSequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+
+from loadgen_common import ReceiverResult, ResultQueue, SharedInt, cpu_seconds
 
 from handlers.mqtt import (
     MQTT_311,
@@ -61,18 +61,6 @@ MAX_DRAIN_S = 10.0
 HANDSHAKE_TIMEOUT_S = 10.0
 #: QoS 0 may be dropped: a subscriber that made no progress for this long is not waited for.
 _QOS0_STALL_S = 0.2
-
-
-class ResultQueue(Protocol):
-    """The part of ``multiprocessing.Queue`` the workers use."""
-
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None: ...
-
-
-class SharedInt(Protocol):
-    """A ``multiprocessing.Value('q')``: the publisher writes how many it sent."""
-
-    value: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,25 +99,6 @@ class PublisherResult:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     error: str = ""
-
-
-@dataclass(slots=True)
-class SubscriberResult:
-    """What one subscriber received; ``latencies_us`` only when asked for."""
-
-    index: int
-    received: int = 0
-    t_first_ns: int = 0
-    t_last_ns: int = 0
-    latencies_us: array[int] = field(default_factory=lambda: array("q"))
-    cpu_s: float = 0.0
-    wall_s: float = 0.0
-    error: str = ""
-
-
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 class _Templates:
@@ -254,7 +223,7 @@ def run_subscriber(
     ``expected.value`` stays -1 while the publisher runs; once it holds the number sent, the
     subscriber stops at that count or after :data:`DRAIN_TIMEOUT_S` without data.
     """
-    result = SubscriberResult(index)
+    result = ReceiverResult(index)
     try:
         conn = _Conn(target, f"bench-sub-{os.getpid()}-{index}")
     except Exception as exc:
@@ -275,7 +244,7 @@ def run_subscriber(
 
 def _receive(
     conn: _Conn, qos: int, expected: SharedInt, progress: MutableSequence[int],
-    result: SubscriberResult, keep_latency: bool, verify: bool,
+    result: ReceiverResult, keep_latency: bool, verify: bool,
 ) -> None:
     index = result.index
     tpl = _Templates("x", 1, _TS.size)  # only the ack prefixes are used here
@@ -287,7 +256,7 @@ def _receive(
     lat = result.latencies_us
     received = 0
     first_ns = last_ns = 0
-    cpu0, wall0 = _cpu(), time.monotonic()
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
     idle_since = time.monotonic()
     drain_until = 0.0
     monotonic_ns = time.monotonic_ns
@@ -355,7 +324,7 @@ def _receive(
         if out:
             sock.sendall(b"".join(out))
     result.received, result.t_first_ns, result.t_last_ns = received, first_ns, last_ns
-    result.cpu_s, result.wall_s = _cpu() - cpu0, time.monotonic() - wall0
+    result.cpu_s, result.wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0
 
 
 def run_publisher(target: Target, plan: PublishPlan, expected: SharedInt,
@@ -388,7 +357,7 @@ def _publish(
     build = tpl.publish
     sent = inflight = completed = 0
     pid = 0
-    cpu0, wall0 = _cpu(), time.monotonic()
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
     t0 = monotonic_ns()
     stop_ns = t0 + int(plan.duration * 1e9)
     rate = plan.rate
@@ -461,4 +430,4 @@ def _publish(
     while qos and inflight > 0 and time.monotonic() < deadline:
         read_acks(0.2)
     result.completed = completed if qos else sent
-    result.cpu_s, result.wall_s = _cpu() - cpu0, time.monotonic() - wall0
+    result.cpu_s, result.wall_s = cpu_seconds() - cpu0, time.monotonic() - wall0

@@ -24,12 +24,11 @@ broker, may be the limit.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,6 @@ import peers  # noqa: E402
 
 TARGET_RATIO_QOS1 = 1.0
 TARGET_P99_MS = 5.0
-
-BrokerFactory = Callable[[], contextlib.AbstractContextManager[peers.RunningBroker]]
 
 
 def run_cell(
@@ -169,32 +166,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     duration = 0.5 if args.quick else args.duration
     cells_to_run = list(matrix(args.quick, _ints(args.fanout), _ints(args.qos),
                                _ints(args.sizes)))
-    factories: dict[str, BrokerFactory] = {
+    factories: dict[str, peers.BrokerFactory] = {
         "mosquitto": lambda: peers.mosquitto(max_inflight=args.window),
         "polystream": lambda: peers.polystream("mqtt", durability=args.durability),
     }
-    results: list[dict[str, Any]] = []
-    versions: dict[str, str] = {}
-    notes: list[str] = []
     started = time.monotonic()
-    for name in args.brokers.split(","):
-        if name not in factories:
-            ap.error(f"unknown broker {name!r}")
-        if name == "polystream" and not peers.handler_registered("mqtt"):
-            notes.append("polystream: no 'mqtt' handler registered; skipped")
-            continue
-        try:
-            with factories[name]() as broker:
-                versions[name] = broker.version
-                for fanout, qos, size in cells_to_run:
-                    for rate in (None, args.rate):
-                        cell = run_cell(broker, fanout=fanout, qos=qos, size=size,
-                                        duration=duration, rate=rate, window=args.window,
-                                        e2e_window=args.e2e_window, verify=args.verify)
-                        results.append(cell)
-                        _progress(cell)
-        except peers.BrokerError as exc:
-            notes.append(f"{name}: failed to start: {exc}")
+    names = args.brokers.split(",")
+    if missing := [n for n in names if n not in factories]:
+        ap.error(f"unknown broker {missing[0]!r}")
+
+    def cells(broker: peers.RunningBroker) -> Iterator[dict[str, Any]]:
+        for fanout, qos, size in cells_to_run:
+            for rate in (None, args.rate):
+                yield run_cell(broker, fanout=fanout, qos=qos, size=size,
+                               duration=duration, rate=rate, window=args.window,
+                               e2e_window=args.e2e_window, verify=args.verify)
+
+    run = peers.run_brokers(names, factories, "mqtt", cells, _progress)
+    results, versions, notes = run.results, run.versions, run.notes
     print()
     print(results_table(results))
     ratios = ratio_rows(results, "mosquitto")

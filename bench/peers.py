@@ -373,6 +373,42 @@ def handler_registered(name: str) -> bool:
     return any(ep.name == name for ep in entry_points(group="polystream.handlers"))
 
 
+BrokerFactory = Callable[[], contextlib.AbstractContextManager[RunningBroker]]
+
+
+@dataclass(slots=True)
+class MatrixRun:
+    """Every cell run on every broker, the brokers' versions, and notes on what was skipped."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_brokers(
+    names: Sequence[str], factories: dict[str, BrokerFactory], handler: str,
+    run_cells: Callable[[RunningBroker], Iterator[dict[str, Any]]],
+    on_cell: Callable[[dict[str, Any]], None],
+) -> MatrixRun:
+    """Start each named broker in turn (names must be keys of ``factories``) and collect the
+    cells ``run_cells`` yields on it.  Polystream is skipped, with a note, when its ``handler``
+    is not registered; a broker that fails to start is a note too."""
+    run = MatrixRun()
+    for name in names:
+        if name == "polystream" and not handler_registered(handler):
+            run.notes.append(f"polystream: no {handler!r} handler registered; skipped")
+            continue
+        try:
+            with factories[name]() as broker:
+                run.versions[name] = broker.version
+                for cell in run_cells(broker):
+                    run.results.append(cell)
+                    on_cell(cell)
+        except BrokerError as exc:
+            run.notes.append(f"{name}: failed to start: {exc}")
+    return run
+
+
 # --- one load run ---------------------------------------------------------------------------
 
 _READY_TIMEOUT_S = 20.0
