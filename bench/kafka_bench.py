@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import peers  # bench/ is the script's directory
+from storage_bench import raw_limit
+
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1e6
 RECORD_BYTES = 1024
@@ -53,50 +56,12 @@ PRODUCE_TARGET = 0.5  # of the synced-write limit
 CONSUME_TARGET_MB = 500.0
 _LISTENING = re.compile(r"listening: kafka on 127\.0\.0\.1:(\d+)")
 _READY = re.compile(r"\bready: \d+ listener")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def synced_write_limit(directory: Path, seconds: float, size: int) -> float:
-    """MB/s of a Python ``write`` + ``fdatasync`` loop, one ``size``-byte write per sync.
-
-    The idea of ``bench/storage_bench.py``'s ``raw_limit``, with the buffer size as a
-    parameter (that one is fixed to its own entry size).
-    """
-    path = directory / "raw-limit"
-    buf = os.urandom(size)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        writes = 0
-        start = time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            os.write(fd, buf)
-            os.fdatasync(fd)
-            writes += 1
-    finally:
-        os.close(fd)
-        path.unlink()
-    return writes * size / elapsed / MB
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
 
 
 def own_cpu_seconds() -> float:
     """User + system CPU seconds of this process (the client library's threads included)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def machine_cpu_seconds() -> float:
-    """CPU seconds the whole machine has been busy (all CPUs, from /proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / _CLK_TCK
 
 
 class Meter:
@@ -108,8 +73,8 @@ class Meter:
         self._marks = (0.0, 0.0, 0.0, 0.0)
 
     def _now(self) -> tuple[float, float, float, float]:
-        return (time.perf_counter(), cpu_seconds(self.pid), own_cpu_seconds(),
-                machine_cpu_seconds())
+        return (time.perf_counter(), peers.process_cpu_seconds(self.pid), own_cpu_seconds(),
+                peers.machine_busy_seconds()[0])
 
     def start(self) -> None:
         self._marks = self._now()
@@ -302,7 +267,7 @@ def produce(bootstrap: str, pid: int, seconds: float, idempotence: bool, rounds:
     raw_mb = 0.0
     meter = Meter(pid)
     for _ in range(rounds):
-        raw_mb += synced_write_limit(scratch, raw_slice, BATCH_BYTES) / rounds
+        raw_mb += raw_limit(scratch, raw_slice, BATCH_BYTES)[0] / rounds
         meter.start()
         deadline = time.perf_counter() + seconds / rounds
         while time.perf_counter() < deadline:

@@ -37,10 +37,15 @@ ENTRY_BYTES = RECORD_BYTES * RECORDS_PER_ENTRY
 MB = 1e6
 
 
-def raw_limit(directory: Path, seconds: float) -> tuple[float, float]:
-    """(MB/s, writes/s) of write+fdatasync of one entry-sized buffer per sync."""
+def raw_limit(
+    directory: Path, seconds: float, size: int = ENTRY_BYTES
+) -> tuple[float, float]:
+    """(MB/s, writes/s) of a Python write+fdatasync loop, one ``size``-byte write per sync.
+
+    This machine's synced-write limit, the yardstick of every durable-append benchmark.
+    """
     path = directory / "raw"
-    buf = os.urandom(ENTRY_BYTES)
+    buf = os.urandom(size)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         writes = 0
@@ -52,7 +57,7 @@ def raw_limit(directory: Path, seconds: float) -> tuple[float, float]:
     finally:
         os.close(fd)
         path.unlink()
-    return writes * ENTRY_BYTES / elapsed / MB, writes / elapsed
+    return writes * size / elapsed / MB, writes / elapsed
 
 
 class Counter:
