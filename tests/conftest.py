@@ -32,13 +32,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+
+from storage.api import Storage
+from storage.local import open_local_storage
+from storage.memory import open_memory_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_DIR = ROOT / "tests" / "plugins"
@@ -281,3 +285,16 @@ class CliRunner:
 def polystream_cli(tmp_path: Path) -> CliRunner:
     """Run ``polystream ARGS`` in ``tmp_path``: ``polystream_cli("users", "list", ...)``."""
     return CliRunner(tmp_path)
+
+
+@pytest.fixture(params=["memory", "file"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    """Each test that asks for ``storage`` runs on the in-memory backend and on the embedded
+    file backend (small segments, so retention and roll-over happen in small tests).  A test
+    module may define its own ``storage`` fixture instead."""
+    if request.param == "memory":
+        async with open_memory_storage() as memory:
+            yield memory
+    else:
+        async with open_local_storage(tmp_path, segment_bytes=4096) as local:
+            yield local

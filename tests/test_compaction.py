@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+from fakeclock import T0, FakeClock
 from kafka.record.default_records import DefaultRecordBatch
 
 from core.api import Core, open_core
@@ -28,30 +29,10 @@ from core.partition import ReadEntry
 from core.records import Message, build_batch, decode_batch
 from storage.api import Storage, StorageError
 from storage.local import open_local_storage
-from storage.memory import open_memory_storage
 
-T0 = 1_700_000_000_000
 DAY = 24 * 3600 * 1000
 NAME = TopicName("public", "default", "t")
 Rec = tuple[bytes | None, bytes | None]
-
-
-class FakeClock:
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture(params=["memory", "file"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    if request.param == "memory":
-        async with open_memory_storage() as s:
-            yield s
-    else:
-        async with open_local_storage(tmp_path, segment_bytes=4096) as local:
-            yield local
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from fakeclock import T0, FakeClock
 
 from core.api import Core, open_core
 from core.batch import split_batches
@@ -32,34 +33,11 @@ from core.partition import Partition
 from core.records import CODEC_GZIP, Message, decode_batch
 from storage import open_storage
 from storage.api import EntryIn, Storage, StorageError
-from storage.local import open_local_storage
 from storage.memory import MemoryLog, open_memory_storage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "batches"
 PLAIN = (FIXTURES / "librdkafka_v2_none_000.bin").read_bytes()
 GZIP = (FIXTURES / "librdkafka_v2_gzip_000.bin").read_bytes()
-T0 = 1_700_000_000_000
-
-
-class FakeClock:
-    """A settable epoch-millisecond clock for broker timestamps."""
-
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture(params=["memory", "file"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    """Each test runs on the in-memory backend and on the embedded file backend."""
-    if request.param == "memory":
-        async with open_memory_storage() as s:
-            yield s
-    else:
-        async with open_local_storage(tmp_path, segment_bytes=4096) as local:
-            yield local
 
 
 @pytest.fixture

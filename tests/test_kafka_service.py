@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from fakeclock import T0, FakeClock
 
 from core.api import Core, open_core
 from core.batch import split_batches
@@ -43,9 +44,6 @@ from handlers.kafka.service.context import check_topic_name
 from handlers.kafka.session import KafkaSession
 from storage.api import Storage
 from storage.memory import open_memory_storage
-
-T0 = 1_700_000_000_000
-
 
 # -- request and response helpers (shared with test_kafka_e2e.py) -------------------------------
 
@@ -161,16 +159,6 @@ class WireClient:
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-
-class FakeClock:
-    """A settable epoch-millisecond clock for broker publish times."""
-
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,20 +33,9 @@ from core.transactions import (
 from core.transactions.state import TxnId
 from core.transactions.visibility import IsolationLevel
 from storage.api import Storage
-from storage.local import open_local_storage
 from storage.memory import open_memory_storage
 
 TOPICS = ["a", "b", "c"]
-
-
-@pytest.fixture(params=["memory", "file"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    if request.param == "memory":
-        async with open_memory_storage() as s:
-            yield s
-    else:
-        async with open_local_storage(tmp_path, segment_bytes=4096) as s:
-            yield s
 
 
 @pytest.fixture
