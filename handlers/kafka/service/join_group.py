@@ -48,9 +48,6 @@ async def handle(ctx: ServiceContext, request: KafkaRequest) -> Reply:
 
 
 def ctx_peer(ctx: ServiceContext) -> str:
-    """The client host DescribeGroups reports: ``/<peer host>`` when the context carries it.
-
-    (:class:`ServiceContext` has no ``peer_host`` yet; until it does, "unknown".)
-    """
-    peer = getattr(ctx, "peer_host", None)
-    return f"/{peer}" if peer else "unknown"
+    """The client host DescribeGroups reports: ``/<peer host>``, as Kafka writes it, or
+    "unknown" for a context without a connection (in-process tests)."""
+    return f"/{ctx.peer_host}" if ctx.peer_host else "unknown"
