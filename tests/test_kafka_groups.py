@@ -30,7 +30,6 @@ from handlers.kafka.groups import (
     coordinator_for,
     subscription_name,
 )
-from handlers.kafka.groups.state import GROUP_SUBSCRIBED_TO_TOPIC
 from handlers.kafka.service import ServiceContext, dispatch
 from storage.memory import open_memory_storage
 
@@ -460,7 +459,7 @@ async def test_old_versions_join_sync_heartbeat_leave(ctx: ServiceContext) -> No
     part = registry.request_class(ApiKey.OffsetDelete, 0).OffsetDeleteRequestTopic
     deleted = await call(ctx, ApiKey.OffsetDelete, 0, group_id="g", topics=[part(
         name="t", partitions=[part.OffsetDeleteRequestPartition(partition_index=0)])])
-    assert deleted.topics[0].partitions[0].error_code == GROUP_SUBSCRIBED_TO_TOPIC
+    assert deleted.topics[0].partitions[0].error_code == ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC
     refused = await call(ctx, ApiKey.DeleteGroups, 0, groups_names=["g"])
     assert refused.results[0].error_code == ErrorCode.NON_EMPTY_GROUP
     left = await call(ctx, ApiKey.LeaveGroup, 0, group_id="g", member_id=me)

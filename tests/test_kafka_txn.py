@@ -24,7 +24,6 @@ from handlers.kafka.apis import SUPPORTED_APIS, ApiKey
 from handlers.kafka.errors import ErrorCode
 from handlers.kafka.groups import coordinator_for
 from handlers.kafka.service import ServiceContext, dispatch
-from handlers.kafka.service.add_partitions_to_txn import OPERATION_NOT_ATTEMPTED
 from handlers.kafka.service.txn_offset_commit import commit_group_offsets
 from storage.memory import open_memory_storage
 
@@ -216,7 +215,7 @@ async def test_produce_needs_an_added_partition_and_a_transactional_batch(
 async def test_add_partitions_refuses_all_when_one_is_unknown(ctx: ServiceContext) -> None:
     pid, epoch = await init(ctx)
     codes = await add_partitions(ctx, pid, epoch, {"out": [0, 9], "nope": [0]})
-    assert codes == {("out", 0): OPERATION_NOT_ATTEMPTED,
+    assert codes == {("out", 0): ErrorCode.OPERATION_NOT_ATTEMPTED,
                      ("out", 9): ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
                      ("nope", 0): ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
     assert ctx.core.transactions.list() == []

@@ -33,7 +33,6 @@ import trio
 from handlers.kafka.errors import ErrorCode
 from handlers.kafka.groups.offsets import CommittedOffset, OffsetStore, TopicPartition
 from handlers.kafka.groups.state import (
-    GROUP_SUBSCRIBED_TO_TOPIC,
     Group,
     GroupConfig,
     GroupState,
@@ -288,7 +287,7 @@ class GroupCoordinator:
         deletable = []
         for tp in partitions:
             if tp[0] in subscribed:
-                errors[tp] = GROUP_SUBSCRIBED_TO_TOPIC
+                errors[tp] = ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC
             else:
                 errors[tp] = ErrorCode.NONE
                 deletable.append(tp)

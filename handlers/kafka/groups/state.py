@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from handlers.kafka.errors import ErrorCode
 
 __all__ = [
-    "GROUP_MAX_SIZE_REACHED",
-    "GROUP_SUBSCRIBED_TO_TOPIC",
     "UNKNOWN_MEMBER",
     "Group",
     "GroupConfig",
@@ -55,10 +53,6 @@ __all__ = [
 
 UNKNOWN_MEMBER = ""
 """The member id of a JoinGroup from a consumer that has none yet."""
-
-# error codes not (yet) in handlers.kafka.errors.ErrorCode
-GROUP_MAX_SIZE_REACHED = 81
-GROUP_SUBSCRIBED_TO_TOPIC = 86
 
 
 class GroupState(enum.Enum):
@@ -248,7 +242,7 @@ class Group:
                                            session_timeout_ms, rebalance_timeout_ms,
                                            protocol_type, protocols)
             if len(self.members) + len(self.pending) >= cfg.max_members:
-                return JoinResult(GROUP_MAX_SIZE_REACHED, UNKNOWN_MEMBER)
+                return JoinResult(ErrorCode.GROUP_MAX_SIZE_REACHED, UNKNOWN_MEMBER)
             if instance_id is None and require_known_member_id:
                 self.pending[new_id] = now + session_timeout_ms
                 return JoinResult(ErrorCode.MEMBER_ID_REQUIRED, new_id)

@@ -15,7 +15,7 @@ transaction services.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from core.errors import CoreError
 from core.transactions import InvalidProducerIdMapping, TxnId
@@ -26,9 +26,8 @@ from handlers.kafka.errormap import error_code
 from handlers.kafka.errors import ErrorCode
 from handlers.kafka.service.context import Reply, ServiceContext
 
-__all__ = ["OPERATION_NOT_ATTEMPTED", "handle", "open_transaction", "txn_error_code"]
+__all__ = ["handle", "open_transaction", "txn_error_code"]
 
-OPERATION_NOT_ATTEMPTED: Final = 55
 """Kafka's code for a partition left alone because another one of the request failed."""
 
 _PRODUCER_FENCED_SINCE = 2  # AddPartitionsToTxn, AddOffsetsToTxn and EndTxn v2 (KIP-588)
@@ -80,7 +79,7 @@ async def handle(ctx: ServiceContext, request: KafkaRequest) -> Reply:
             except CoreError as exc:
                 codes[(name, index)] = int(error_code(exc))
     if any(code != ErrorCode.NONE for code in codes.values()):
-        codes = {tp: OPERATION_NOT_ATTEMPTED if code == ErrorCode.NONE else code
+        codes = {tp: ErrorCode.OPERATION_NOT_ATTEMPTED if code == ErrorCode.NONE else code
                  for tp, code in codes.items()}
     else:
         try:
