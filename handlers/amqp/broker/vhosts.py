@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +81,23 @@ log = logging.getLogger(__name__)
 MAX_RETIRED = 64
 #: requeued messages come back at once (AMQP), not after Pulsar's nack backoff
 REQUEUE_NOW = RedeliveryPolicy(nack_delay_s=0.0, nack_max_delay_s=0.0)
+
+
+async def _boundary_ms() -> int:
+    """The first millisecond after now, once the clock has reached it.
+
+    Binding changes take effect at this boundary: every message stamped before the
+    change has a smaller timestamp, and every message published after the reply
+    (which is sent only once the clock reached the boundary) has one at least as
+    large, so a publish in the same millisecond as a bind/unbind is never misrouted.
+    """
+    boundary = wall_clock_ms() + 1
+    # the wall clock is not trio's clock: sleep to the tick, then check (bounded)
+    for _ in range(20):
+        if wall_clock_ms() >= boundary:
+            break
+        await trio.sleep(0.001 - (time.time_ns() % 1_000_000) / 1e9)
+    return boundary
 
 
 class QueueListener(Protocol):
@@ -510,7 +528,7 @@ class VirtualHost:
                     if first_from_source:
                         await self._create_subscription(queue, source)
                     else:
-                        self._since[binding] = wall_clock_ms()
+                        self._since[binding] = await _boundary_ms()
                         self._refresh_filter(destination, source)
                 if src.durable and durable_dest:
                     await self.metadata.save_binding(binding)
@@ -544,7 +562,7 @@ class VirtualHost:
             queue = self.registry.queues.get(binding.destination)
             if queue is not None:
                 if self.registry.queue_bindings(queue.name, binding.source):
-                    self._retire(binding)
+                    self._retire(binding, await _boundary_ms())
                     self._refresh_filter(queue.name, binding.source)
                 else:
                     self._retired.pop((queue.name, binding.source), None)
@@ -592,14 +610,14 @@ class VirtualHost:
 
         return check
 
-    def _retire(self, binding: Binding) -> None:
+    def _retire(self, binding: Binding, until_ms: int) -> None:
         exchange = self.registry.exchanges.get(binding.source)
         if exchange is None:
             return
         matcher = make_matcher(exchange.type, binding.routing_key, binding.arguments)
         found = self._retired.setdefault((binding.destination, binding.source),
                                          deque(maxlen=MAX_RETIRED))
-        found.append((matcher, self._since.pop(binding, 0), wall_clock_ms()))
+        found.append((matcher, self._since.pop(binding, 0), until_ms))
 
     def subscription_type(self, queue: Queue) -> SubscriptionType:
         return (SubscriptionType.FAILOVER if queue.parsed.single_active_consumer
