@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -165,6 +165,20 @@ class PartitionLog(ABC):
         non-decreasing sequence keeps :meth:`position_for_timestamp` meaningful.
         """
 
+    async def append_notify(
+        self, entries: Sequence[EntryIn], on_durable: Callable[[], object]
+    ) -> list[int]:
+        """:meth:`append`, calling ``on_durable()`` on the event loop once the entries
+        are durable, possibly before this call returns (a scheduler round earlier).
+
+        ``on_durable`` is called at most once, only when the append succeeds, and
+        must neither block nor raise.  The default calls it when :meth:`append`
+        returns; a backend may call it sooner.
+        """
+        positions = await self.append(entries)
+        on_durable()
+        return positions
+
     @abstractmethod
     async def read(
         self, position: int, max_bytes: int, max_entries: int | None = None
@@ -181,6 +195,17 @@ class PartitionLog(ABC):
     @abstractmethod
     async def floor_position(self, key: int) -> int | None:
         """Position of the last stored entry whose key is <= ``key``, else None."""
+
+    def read_after_nowait(self, key: int | None, max_bytes: int) -> list[StoredEntry] | None:
+        """What :meth:`read` returns from the entry after the last one whose key is
+        <= ``key`` (from ``start_position`` when ``key`` is None), if the log can
+        answer at once from memory; else None (and on a closed log).
+
+        The fast path of ``read(floor_position(key) + 1, max_bytes)`` for a reader
+        keeping up with the appends: no I/O, no checkpoint.  The default always
+        answers None (callers then use :meth:`floor_position` and :meth:`read`).
+        """
+        return None
 
     @abstractmethod
     async def position_for_timestamp(self, timestamp_ms: int) -> int:

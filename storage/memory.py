@@ -101,9 +101,14 @@ class MemoryLog(PartitionLog):
             raise PositionOutOfRangeError(
                 f"{position} outside [{self._start}, {self.end_position}]"
             )
+        return self._read(position, max_bytes, max_entries)
+
+    def _read(self, position: int, max_bytes: int, max_entries: int | None) -> list[StoredEntry]:
         out: list[StoredEntry] = []
         used = 0
-        for entry in self._entries[position - self._start :]:
+        entries = self._entries
+        for i in range(position - self._start, len(entries)):
+            entry = entries[i]
             if out and (used + len(entry.data) > max_bytes):
                 break
             if max_entries is not None and len(out) >= max_entries:
@@ -115,8 +120,19 @@ class MemoryLog(PartitionLog):
     async def floor_position(self, key: int) -> int | None:
         self._check_open()
         await trio.lowlevel.checkpoint()
+        return self._floor(key)
+
+    def _floor(self, key: int) -> int | None:
         i = bisect.bisect_right(self._keys, key)
         return None if i == 0 else self._start + i - 1
+
+    def read_after_nowait(self, key: int | None, max_bytes: int) -> list[StoredEntry] | None:
+        """Always answered: everything is in memory (see the base class)."""
+        if self._closed:
+            return None
+        floor = None if key is None else self._floor(key)
+        position = self._start if floor is None else floor + 1
+        return self._read(position, max_bytes, None)
 
     async def position_for_timestamp(self, timestamp_ms: int) -> int:
         self._check_open()

@@ -2,18 +2,20 @@
 
 How an append travels
 ---------------------
-``append`` checks the keys and puts a *ticket* (entries plus their first position)
-on the pending queue synchronously, before its first checkpoint: the order of
-``append`` calls is the order in the log.  One writer task per log (started by the
-storage's nursery, see :meth:`LocalLog.run_writer`) takes every pending ticket at
-once, and a single worker-thread call writes them all with ``writev`` and — under
-the ``always`` policy — one ``fdatasync`` (group commit).  Back on the event loop
-the writer publishes the new end of the log (readers never see more) and queues
-the tickets for return.  Tickets return strictly in log order: only the oldest
-completed ticket is woken, and it wakes the next one as it leaves (a baton), so a
-later append never returns before an earlier one even though trio may resume
-woken tasks in any order.  A cancelled append leaves the queue without blocking
-the others; its entries may still be written (their positions are already taken).
+``append`` checks the keys and puts a *ticket* (entries plus their first position) on
+the pending queue synchronously, before its first checkpoint: the order of ``append``
+calls is the order in the log. One writer task per log (started by the storage's
+nursery, see :meth:`LocalLog.run_writer`) takes every pending ticket at once, and a
+single worker-thread call writes them all with ``writev`` and — under the ``always``
+policy — one ``fdatasync`` (group commit). Back on the event loop, as soon as the
+thread is done (before the writer task itself resumes, see
+:func:`storage.worker.run_in_worker`), the new end of the log is published (readers
+never see more) and the tickets are queued for return. Tickets return strictly in log
+order: only the oldest completed ticket is woken, and it wakes the next one as it
+leaves (a baton), so a later append never returns before an earlier one even though
+trio may resume woken tasks in any order. A cancelled append leaves the queue without
+blocking the others; its entries may still be written (their positions are already
+taken).
 
 The pending queue has no fixed bound of its own: every ticket belongs to an
 ``append`` call that is waiting for it, so it is bounded by the callers'
@@ -40,6 +42,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -72,6 +75,7 @@ from storage.segment import (
 )
 from storage.segment_index import SegmentIndex
 from storage.segment_recovery import RecoveredSegment, recover_log
+from storage.worker import run_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +99,16 @@ class _Segment:
 
 
 class _Ticket:
-    __slots__ = ("abandoned", "entries", "error", "event", "first", "nbytes")
+    __slots__ = ("abandoned", "entries", "error", "event", "first", "nbytes", "on_durable")
 
-    def __init__(self, entries: Sequence[EntryIn], first: int, nbytes: int) -> None:
+    def __init__(
+        self, entries: Sequence[EntryIn], first: int, nbytes: int,
+        on_durable: Callable[[], object] | None,
+    ) -> None:
         self.entries = entries
         self.first = first
         self.nbytes = nbytes
+        self.on_durable = on_durable
         self.event = trio.Event()
         self.error: BaseException | None = None
         self.abandoned = False
@@ -303,9 +311,22 @@ class LocalLog(PartitionLog):
     # -- append -------------------------------------------------------------------
 
     async def append(self, entries: Sequence[EntryIn]) -> list[int]:
-        ticket = self._enqueue(entries)
+        return await self._append(entries, None)
+
+    async def append_notify(
+        self, entries: Sequence[EntryIn], on_durable: Callable[[], object]
+    ) -> list[int]:
+        """:meth:`append`; ``on_durable`` runs as the group is published (see the base)."""
+        return await self._append(entries, on_durable)
+
+    async def _append(
+        self, entries: Sequence[EntryIn], on_durable: Callable[[], object] | None
+    ) -> list[int]:
+        ticket = self._enqueue(entries, on_durable)
         if ticket is None:
             await trio.lowlevel.checkpoint()
+            if on_durable is not None:
+                on_durable()
             return []
         try:
             await ticket.event.wait()
@@ -318,7 +339,9 @@ class LocalLog(PartitionLog):
             raise ticket.error
         return list(range(ticket.first, ticket.first + len(ticket.entries)))
 
-    def _enqueue(self, entries: Sequence[EntryIn]) -> _Ticket | None:
+    def _enqueue(
+        self, entries: Sequence[EntryIn], on_durable: Callable[[], object] | None = None
+    ) -> _Ticket | None:
         """Validate and queue, synchronously (the ordering contract relies on it)."""
         self._check_writable()
         if not entries:
@@ -337,7 +360,7 @@ class LocalLog(PartitionLog):
             nbytes += size
             last = key
         # a copy: the caller may reuse its list
-        ticket = _Ticket(tuple(entries), self._next_position, nbytes)
+        ticket = _Ticket(tuple(entries), self._next_position, nbytes, on_durable)
         self._next_position += len(entries)
         self._assigned_key = last
         self._pending.append(ticket)
@@ -376,31 +399,50 @@ class LocalLog(PartitionLog):
                     await self._work.park()
                 if not self._pending:
                     return
-                async with self._io_lock:
+                # the lock is nearly always free: take it without a trip through the scheduler
+                try:
+                    self._io_lock.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._io_lock.acquire()
+                try:
                     group = self._take_group()
                     if self._failed is not None:  # an fsync failed: write nothing more
                         self._fail_tickets(group, self._failed)
                         return
                     try:
                         with trio.CancelScope(shield=True):
-                            await trio.to_thread.run_sync(self._write_group, group)
+                            # published from the event loop as soon as the thread is done:
+                            # the appenders wake a scheduler round earlier than this task
+                            await run_in_worker(partial(self._write_group, group),
+                                                on_success=partial(self._publish, group))
                     except Exception as exc:
                         log.error("log %s: write failed, log is now read-only: %r", self._name, exc)
                         self._failed = exc
                         self._fail_tickets(group, exc)
                         return
-                last = group[-1]
-                self._end = last.first + len(last.entries)
-                self._last_key = last.entries[-1].key
-                for ticket in group:
-                    self._tail.add(ticket.first, ticket.entries)
-                self._complete(group)
+                finally:
+                    self._io_lock.release()
         finally:
             self._closing = True
             self._fail_tickets(list(self._pending), self._failed)
             self._pending.clear()
             self._writer_done.set()
             self._progress.unpark_all()
+
+    def _publish(self, group: list[_Ticket], _written: object = None) -> None:
+        """A written group becomes readable (end, last key, tail cache); its appends return."""
+        last = group[-1]
+        self._end = last.first + len(last.entries)
+        self._last_key = last.entries[-1].key
+        for ticket in group:
+            self._tail.add(ticket.first, ticket.entries)
+        for ticket in group:
+            if ticket.on_durable is not None:
+                try:
+                    ticket.on_durable()
+                except Exception:  # the contract says it does not raise; never fail the log
+                    log.exception("log %s: on_durable callback failed", self._name)
+        self._complete(group)
 
     def _fail_tickets(self, tickets: Sequence[_Ticket], cause: BaseException | None) -> None:
         for ticket in tickets:
@@ -495,7 +537,7 @@ class LocalLog(PartitionLog):
             await trio.lowlevel.checkpoint()
             return []
         try:
-            return await trio.to_thread.run_sync(_read_plan, plan)
+            return await run_in_worker(partial(_read_plan, plan))
         except FileNotFoundError:
             # retention removed the segment while we were reading it
             raise PositionOutOfRangeError(
@@ -551,7 +593,9 @@ class LocalLog(PartitionLog):
     async def floor_position(self, key: int) -> int | None:
         self._check_open()
         await trio.lowlevel.checkpoint()
-        end = self._end
+        return self._floor(key, self._end)
+
+    def _floor(self, key: int, end: int) -> int | None:
         sentinel = MAX_KEY + 1
 
         def first_key(seg: _Segment) -> int:
@@ -563,6 +607,18 @@ class LocalLog(PartitionLog):
         seg = self._segments[i]
         j = seg.index.floor(key, seg.visible(end))
         return None if j < 0 else seg.base + j
+
+    def read_after_nowait(self, key: int | None, max_bytes: int) -> list[StoredEntry] | None:
+        """From the tail cache when it holds the entry after ``key`` (see the base class)."""
+        if self._closed:
+            return None
+        end = self._end
+        start = self.start_position
+        floor = None if key is None else self._floor(key, end)
+        position = start if floor is None else max(floor + 1, start)
+        if position >= end:
+            return []
+        return self._tail.read(position, end, max_bytes, None)
 
     async def position_for_timestamp(self, timestamp_ms: int) -> int:
         self._check_open()
@@ -632,7 +688,7 @@ class LocalLog(PartitionLog):
             if self._unsynced and self._fd is not None and self._failed is None:
                 try:
                     with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._fsync)
+                        await run_in_worker(self._fsync)
                 except OSError as exc:
                     log.error("log %s: fsync failed, log is now read-only: %r", self._name, exc)
                     self._failed = exc

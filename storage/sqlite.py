@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Every SQLite call runs in one worker thread at a time
-(``trio.to_thread.run_sync`` under a ``CapacityLimiter(1)``), never on the
+(:func:`storage.worker.run_in_worker` under a ``CapacityLimiter(1)``), never on the
 event-loop thread.  The table is ``metadata(key TEXT PRIMARY KEY, value BLOB,
 version INTEGER)``; ``synchronous=FULL`` makes a returned write durable.  Writes
 run in ``BEGIN IMMEDIATE`` transactions so a compare-and-set's read and write are
@@ -41,6 +41,7 @@ from typing import TypeVar
 import trio
 
 from storage.api import MetadataStore, StorageError, VersionConflictError, Versioned
+from storage.worker import run_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class SqliteMetadataStore(MetadataStore):
     async def _call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the worker thread; the caller holds ``self._lock``."""
         try:
-            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            return await run_in_worker(fn, self._limiter)
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite: {exc}") from exc
 

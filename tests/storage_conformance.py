@@ -146,6 +146,51 @@ class LogConformance:
             for key, pos in expect.items():
                 assert await log.floor_position(key) == pos, key
 
+    async def test_read_after_nowait_agrees_with_floor_and_read(
+        self, backend: LogBackend
+    ) -> None:
+        async with backend.open() as storage:
+            log = await storage.open_log("t/nowait")
+            for key in range(10, 10 + 3 * backend.segment_entries, 10):
+                await log.append(entries([key, key + 5]))
+            answered = 0
+            for key in [None, 0, 9, 10, 14, 15, 16, 10**12, *range(10, 10**3, 7)]:
+                for budget in (0, ENTRY_BYTES, 3 * ENTRY_BYTES + 1, 1 << 20):
+                    got = log.read_after_nowait(key, budget)
+                    if got is None:
+                        continue  # not in memory: the caller reads the usual way
+                    answered += 1
+                    floor = None if key is None else await log.floor_position(key)
+                    position = log.start_position if floor is None else floor + 1
+                    assert got == await log.read(position, budget), (key, budget)
+            assert answered  # the freshest entries, at least, are answered at once
+            await log.truncate_before(log.end_position)
+            assert log.read_after_nowait(None, 1 << 20) in (None, await log.read(
+                log.start_position, 1 << 20))
+        assert log.read_after_nowait(10, 100) is None  # closed
+
+    async def test_append_notify_calls_back_once_the_entries_are_readable(
+        self, backend: LogBackend
+    ) -> None:
+        async with backend.open() as storage:
+            log = await storage.open_log("t/notify")
+            seen: list[tuple[int, int | None]] = []
+
+            def durable() -> None:
+                seen.append((log.end_position, log.last_key))
+
+            async with trio.open_nursery() as nursery:
+                for keys in ([1, 2], [3], [4, 5, 6]):
+                    nursery.start_soon(log.append_notify, entries(keys), durable)
+                    await trio.lowlevel.checkpoint()
+            # once per append, in log order, each seeing its own entries stored
+            assert len(seen) == 3
+            assert [end for end, _ in seen] == sorted(end for end, _ in seen)
+            assert seen[-1] == (6, 6)
+            for (end, _), own_end in zip(seen, [2, 3, 6], strict=True):
+                assert end >= own_end
+            assert await log.append_notify([], durable) == []
+
     async def test_position_for_timestamp(self, backend: LogBackend) -> None:
         async with backend.open() as storage:
             log = await storage.open_log("t/time")
