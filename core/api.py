@@ -48,7 +48,7 @@ from core.namespaces import (
 )
 from core.partition import AppendResult, Partition, ReadEntry
 from core.producers import ProducerIdAllocator, ProducerStateStore
-from core.records import Message, build_batch
+from core.records import FreshBatches, Message, build_plain_batch
 from core.subscriptions import SubscriptionManager, open_subscription_manager
 from core.topics import TopicMetadata, TopicStore, check_partition_count
 from core.transactions.coordinator import TransactionCoordinator, open_transactions
@@ -121,6 +121,8 @@ class Core:
         self.producer_states = ProducerStateStore(storage.metadata)
         self._producer_ids = ProducerIdAllocator(storage.metadata)
         self._producer_access = ProducerAccess(storage.metadata)
+        #: recently appended plain messages, so that subscriptions skip decoding them
+        self.fresh = FreshBatches()
 
     # ---------------------------------------------------------------- names
 
@@ -179,6 +181,8 @@ class Core:
                                  self.producer_states, self.storage.metadata)
             for n in range(meta.partitions)
         ]
+        for p in partitions:
+            p.fresh = self.fresh
         opened = self._open[name] = OpenTopic(name, meta, policies, partitions)
         return opened
 
@@ -231,8 +235,9 @@ class Core:
             meta = await self.topics.update(opened.name, lambda m: replace(m, partitions=total))
             for n in range(len(opened.partitions), meta.partitions):
                 log_ = await self.storage.open_log(opened.name.log_name(n))
-                opened.partitions.append(
-                    await Partition.open(opened.name, n, log_, self.producer_states))
+                added = await Partition.open(opened.name, n, log_, self.producer_states)
+                added.fresh = self.fresh
+                opened.partitions.append(added)
             opened.meta = meta
             return opened.info
 
@@ -349,7 +354,17 @@ class Core:
         self, topic: TopicRef, partition: int, messages: Iterable[Message], compression: int = 0
     ) -> AppendResult:
         """Encode neutral messages as one batch and append it (AMQP/MQTT publish path)."""
-        return await self.append(topic, partition, build_batch(messages, compression))
+        listed = list(messages)  # ours: the caller may reuse its list
+        batch, plain = build_plain_batch(listed, compression)
+        found = self._cache.get(topic)
+        if found is None:
+            found = await self._topic(topic)
+        if not 0 <= partition < len(found.partitions):
+            raise UnknownPartition(f"{found.name} has no partition {partition}")
+        validated = split_batches(batch, found.policies.max_message_bytes)
+        return await found.partitions[partition].append(
+            validated, self._clock_ms(), messages=listed if plain else None
+        )
 
     async def read(
         self, topic: TopicRef, partition: int, offset: int, max_bytes: int

@@ -18,7 +18,11 @@ partition share a group commit.
 
 The high watermark is the end of acknowledged data: appends complete out of
 order, so in-flight appends are kept in a FIFO and the watermark moves over its
-completed prefix only.  Reads stop at the watermark.
+completed prefix only.  Reads stop at the watermark.  An append is complete as
+soon as the log reports it durable (:meth:`storage.api.PartitionLog.append_notify`
+calls back from the event loop before the appending task resumes), so readers
+are woken without waiting for that task's turn.  A reader keeping up with the
+appends reads them from the log's memory (:meth:`Partition.read_nowait`).
 
 The storage call is shielded from cancellation: a producer that goes away
 mid-append still gets its entries written, so offsets never have holes.  A
@@ -53,6 +57,7 @@ from core.entry import build_entry, decode_entry
 from core.errors import OffsetOutOfRange, PartitionUnavailable, UnknownTopic
 from core.names import TopicName
 from core.producers import ProducerStateStore
+from core.records import FreshBatches, Message
 from core.transactions.replay import recover_index
 from core.transactions.visibility import TxnIndex
 from storage.api import (
@@ -63,6 +68,7 @@ from storage.api import (
     PositionOutOfRangeError,
     RetentionPolicy,
     StorageError,
+    StoredEntry,
 )
 
 _READ_RETRIES = 4
@@ -120,6 +126,8 @@ class Partition:
         self._failures = 0
         #: open transactions and aborted index (see core.transactions.visibility)
         self.txns = TxnIndex()
+        #: where appends of plain messages are remembered for readers (set by the core)
+        self.fresh: FreshBatches | None = None
 
     @classmethod
     async def open(
@@ -161,8 +169,15 @@ class Partition:
     def failed(self) -> bool:
         return self._failed
 
-    async def append(self, batches: list[BatchInfo], now_ms: int) -> AppendResult:
-        """Store validated batches as one entry each; return once durable per policy."""
+    async def append(
+        self, batches: list[BatchInfo], now_ms: int, *, messages: list[Message] | None = None
+    ) -> AppendResult:
+        """Store validated batches as one entry each; return once durable per policy.
+
+        ``messages``: the plain messages (:func:`core.records.build_plain_batch`) that
+        the one batch in ``batches`` encodes; its entry is then remembered in
+        :attr:`fresh`, so that readers skip decoding it.
+        """
         if self._closed:
             raise UnknownTopic(f"{self.topic} was deleted")
         if self._failed:
@@ -193,11 +208,24 @@ class Partition:
         self.next_offset = offset
         slot = _Pending(offset)
         self._pending.append(slot)
+
+        def durable() -> None:
+            # Called by the log as soon as the entries are durable (before this task
+            # resumes), or below: the watermark moves and readers wake a round sooner.
+            if slot.done:
+                return
+            slot.done = True
+            if messages is not None and self.fresh is not None and len(entries) == 1:
+                data = entries[0].data
+                if type(data) is bytes:
+                    self.fresh.add(data, messages)
+            self._advance()
+
         try:
             # Shielded: once offsets are assigned the append must finish, or a
             # cancelled producer would leave a hole the watermark cannot pass.
             with trio.CancelScope(shield=True):
-                await self.log.append(entries)
+                await self.log.append_notify(entries, durable)
         except LogClosedError:
             self._failed = True
             self._drop_pending(slot)
@@ -210,8 +238,7 @@ class Partition:
             self._failed = True
             self._drop_pending(slot)
             raise
-        slot.done = True
-        self._advance()
+        durable()
         if self._states is not None:
             self._since_snapshot += 1
             if self._since_snapshot >= self._states.snapshot_every:
@@ -246,7 +273,8 @@ class Partition:
     def _drop_pending(self, slot: _Pending) -> None:
         # After a failure the watermark stays where it is until recovery.
         self._failures += 1
-        self._pending.remove(slot)
+        if slot in self._pending:  # not when the log called it durable and failed after
+            self._pending.remove(slot)
         self._advance()
         self._wake()
 
@@ -325,6 +353,10 @@ class Partition:
             return []
         if offset > hw or offset < 0:
             raise OffsetOutOfRange(offset, await self.earliest_offset(), hw)
+        found = self.read_nowait(offset, max_bytes)
+        if found is not None:  # a reader keeping up: one checkpoint in all
+            await trio.lowlevel.checkpoint()
+            return found
         for _ in range(_READ_RETRIES):
             log = self.log
             start = log.start_position
@@ -334,17 +366,31 @@ class Partition:
                 stored = await log.read(position, max_bytes)
             except PositionOutOfRangeError:
                 continue
-            out: list[ReadEntry] = []
-            for item in stored:
-                if item.key >= hw:
-                    break
-                entry = decode_entry(item.data)
-                out.append(ReadEntry(entry.index, item.key, entry.broker_timestamp, entry.batch))
+            out = _read_entries(stored, hw)
             if not out or out[0].base_offset > offset:
                 # retention dropped the entry holding ``offset``
                 raise OffsetOutOfRange(offset, await self.earliest_offset(), hw)
             return out
         raise PartitionUnavailable("retention kept moving the start of the log")
+
+    def read_nowait(self, offset: int, max_bytes: int) -> list[ReadEntry] | None:
+        """What :meth:`read` returns, when the log can answer at once from memory
+        (:meth:`storage.api.PartitionLog.read_after_nowait`); else None, also
+        where :meth:`read` would raise.  No checkpoint: a caller that loops on it
+        must checkpoint by itself now and then.
+        """
+        hw = self.high_watermark
+        if offset == hw:
+            return []
+        if not 0 <= offset < hw:
+            return None
+        cached = self.log.read_after_nowait(offset - 1 if offset > 0 else None, max_bytes)
+        if not cached:
+            return None
+        out = _read_entries(cached, hw)
+        if not out or out[0].base_offset > offset:
+            return None  # retention dropped the entry holding ``offset``
+        return out
 
     async def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """First offset of the first entry with broker time >= ``timestamp_ms``, else None."""
@@ -376,3 +422,14 @@ class Partition:
             self._save_state()
         self._closed = True
         self._wake()
+
+
+def _read_entries(stored: list[StoredEntry], hw: int) -> list[ReadEntry]:
+    """``stored`` entries below the watermark ``hw``, decoded."""
+    out: list[ReadEntry] = []
+    for item in stored:
+        if item.key >= hw:
+            break
+        entry = decode_entry(item.data)
+        out.append(ReadEntry(entry.index, item.key, entry.broker_timestamp, entry.batch))
+    return out

@@ -7,7 +7,8 @@ For delivery, :func:`decode_batch` turns a stored batch back into messages with
 their offsets, whatever its compression.
 
 This module decodes records, so it is for the AMQP/MQTT paths only: the Kafka
-path never calls it.
+path never calls it.  :class:`FreshBatches` lets a reader of a batch that was
+just built here (:func:`build_plain_batch`) skip its decode altogether.
 
 How the codec works
 -------------------
@@ -34,6 +35,7 @@ kafka-python's ``DefaultRecordBatchBuilder`` produces (``tests/test_records_fast
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
@@ -69,6 +71,8 @@ CODEC_ZSTD = 4
 _MAX_BUILD_BYTES = 2**31 - 1
 
 _CRC = struct.Struct(">I")
+#: estimated memory of one held message beyond its bytes (see :class:`FreshBatches`)
+_FRESH_OVERHEAD = 200
 #: Smallest record body: attributes, timestamp delta, offset delta, key, value, header count.
 _MIN_RECORD = 6
 #: Smallest header: key length and value length.
@@ -146,6 +150,29 @@ def build_batch(
     compression would not make it smaller.  A header value of ``None`` is
     written as a null header value.
     """
+    return build_plain_batch(
+        messages, compression, producer_id=producer_id, producer_epoch=producer_epoch,
+        base_sequence=base_sequence, transactional=transactional,
+    )[0]
+
+
+def build_plain_batch(
+    messages: Iterable[Message],
+    compression: int = CODEC_NONE,
+    *,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    transactional: bool = False,
+) -> tuple[bytes, bool]:
+    """:func:`build_batch`, and whether every message is *plain*.
+
+    A plain message is a :class:`Message` (not a subclass) whose key and value
+    are ``bytes`` or ``None``, whose timestamp is an ``int`` and whose headers
+    are a ``list`` of ``(str, bytes)`` tuples.  When all are, :func:`decode_batch`
+    of the batch gives back messages equal to them, field by field and type by
+    type, which is what lets :class:`FreshBatches` stand in for that decode.
+    """
     encoder = None
     if compression != CODEC_NONE:
         if compression not in _ENCODERS:
@@ -154,7 +181,7 @@ def build_batch(
         if not available():
             raise ValueError(f"the {name} codec is not installed")
     out = bytearray(HEADER_SIZE)
-    count, first_ts, max_ts = _append_records(out, messages)
+    count, first_ts, max_ts, plain = _append_records(out, messages)
     if count == 0:
         raise ValueError("a record batch needs at least one message")
     attributes = TRANSACTIONAL_MASK if transactional else 0
@@ -170,23 +197,31 @@ def build_batch(
         producer_id, producer_epoch, base_sequence, count,
     )
     _CRC.pack_into(out, CRC_START, calc_crc32c(memoryview(out)[ATTRIBUTES_START:]))
-    return bytes(out)
+    return bytes(out), plain
 
 
-def _append_records(out: bytearray, messages: Iterable[Message]) -> tuple[int, int, int]:
+def _append_records(
+    out: bytearray, messages: Iterable[Message]
+) -> tuple[int, int, int, bool]:
     """Append every message to ``out`` as a record (offset delta = its index).
 
-    Returns ``(count, first timestamp, max timestamp)``; timestamp deltas are
-    relative to the first message's timestamp, as a Kafka producer writes them.
-    Raises ``ValueError`` as soon as the batch would not fit its int32 length.
+    Returns ``(count, first timestamp, max timestamp, plain)``; timestamp deltas
+    are relative to the first message's timestamp, as a Kafka producer writes
+    them; ``plain`` as :func:`build_plain_batch` defines it.  Raises
+    ``ValueError`` as soon as the batch would not fit its int32 length.
     """
     table = VARINT_TABLE
     size = TABLE_SIZE
     enc = encode_varint
     null = NULL_VARINT
+    message_cls = Message
+    tp, bytes_, list_, tuple_, str_ = type, bytes, list, tuple, str
     count = first_ts = max_ts = 0
+    plain = True
     for msg in messages:
         ts = msg.timestamp_ms
+        if tp(msg) is not message_cls:
+            plain = False
         if count == 0:
             first_ts = max_ts = ts
         elif ts > max_ts:
@@ -199,6 +234,8 @@ def _append_records(out: bytearray, messages: Iterable[Message]) -> tuple[int, i
         if key is None:
             body += null
         else:
+            if tp(key) is not bytes_:
+                plain = False
             n = len(key)
             body += table[n] if n < size else enc(n)
             body += key
@@ -206,30 +243,44 @@ def _append_records(out: bytearray, messages: Iterable[Message]) -> tuple[int, i
         if value is None:
             body += null
         else:
+            if tp(value) is not bytes_:
+                plain = False
             n = len(value)
             body += table[n] if n < size else enc(n)
             body += value
         headers = msg.headers
         n = len(headers)
-        body += table[n] if n < size else enc(n)
-        for h_key, h_value in headers:
-            raw = h_key.encode()
-            n = len(raw)
+        if n:
+            if tp(headers) is not list_:
+                plain = False
             body += table[n] if n < size else enc(n)
-            body += raw
-            if h_value is None:
-                body += null
-            else:
-                n = len(h_value)
+            for header in headers:
+                h_key, h_value = header
+                raw = h_key.encode()
+                n = len(raw)
                 body += table[n] if n < size else enc(n)
-                body += h_value
+                body += raw
+                if h_value is None:
+                    body += null
+                    plain = False
+                else:
+                    if (tp(h_value) is not bytes_ or tp(h_key) is not str_
+                            or tp(header) is not tuple_):
+                        plain = False
+                    n = len(h_value)
+                    body += table[n] if n < size else enc(n)
+                    body += h_value
+        else:
+            if tp(headers) is not list_:
+                plain = False
+            body += b"\x00"
         n = len(body)
         out += table[n] if n < size else enc(n)
         out += body
         count += 1
         if len(out) - LENGTH_END > _MAX_BUILD_BYTES:
             raise ValueError(f"record batch over {_MAX_BUILD_BYTES} bytes")
-    return count, first_ts, max_ts
+    return count, first_ts, max_ts, plain
 
 
 def decode_batch(batch: bytes | memoryview) -> list[StoredMessage]:
@@ -428,3 +479,86 @@ def _decode_records(
     if pos != end:
         raise CorruptBatch(f"{end - pos} bytes left after the last record")
     return out
+
+
+class FreshBatches:
+    """The messages of recently appended batches, so that reading them back skips the decode.
+
+    :meth:`core.api.Core.append_messages` encodes messages into a batch; the
+    partition then frames it into one log entry (a new ``bytes`` object) and,
+    when the messages are plain (:func:`build_plain_batch`), hands entry and
+    messages to :meth:`add`.  A reader that later gets a batch whose memoryview
+    is a slice of *that very object* (the log's tail cache returns the bytes it
+    was given) knows what :func:`decode_batch` would return: the same messages
+    at offsets ``base_offset + i``.  Identity is checked on the object itself
+    (a held entry keeps its ``id`` unique), so a copy, a file read or another
+    topic's entry never matches.  The messages are shared with the appender and
+    with every reader; like decoded records they are treated as immutable.
+
+    Bounded to ``max_batches`` entries and ``max_bytes`` of estimated memory
+    (twice the entry's bytes plus a fixed overhead per message); the oldest go
+    first.  Not thread-safe (one trio run).
+    """
+
+    def __init__(self, max_batches: int = 64, max_bytes: int = 4 << 20) -> None:
+        if max_batches < 1 or max_bytes < 1:
+            raise ValueError("max_batches and max_bytes must be positive")
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self._held: dict[int, tuple[object, list[Message], int]] = {}
+        self._order: deque[int] = deque()
+        #: estimated bytes held
+        self.bytes = 0
+        #: batches served without a decode (for tests and benchmarks)
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, entry: bytes, messages: list[Message]) -> None:
+        """Remember that the batch framed in ``entry`` decodes to ``messages`` (all plain)."""
+        weight = 2 * len(entry) + _FRESH_OVERHEAD * len(messages)
+        if weight > self.max_bytes:
+            return
+        key = id(entry)
+        held = self._held
+        if key in held:  # pragma: no cover - an entry is added once
+            return
+        held[key] = (entry, messages, weight)
+        self._order.append(key)
+        self.bytes += weight
+        while len(held) > self.max_batches or self.bytes > self.max_bytes:
+            self.bytes -= held.pop(self._order.popleft())[2]
+
+    def records(
+        self, batch: memoryview, base_offset: int, count: int
+    ) -> list[StoredMessage] | None:
+        """The records of ``batch`` (a view of a held entry), or None when not held."""
+        entry = batch.obj
+        held = self._held.get(id(entry))
+        if held is None or held[0] is not entry:
+            return None
+        messages = held[1]
+        if len(messages) != count:  # pragma: no cover - the entry is the batch
+            return None
+        self.hits += 1
+        new = object.__new__
+        set_offset, set_message, set_control = _STORED_SETTERS
+        stored_cls = StoredMessage
+        out: list[StoredMessage] = []
+        add = out.append
+        offset = base_offset
+        for message in messages:
+            stored = new(stored_cls)
+            set_offset(stored, offset)
+            set_message(stored, message)
+            set_control(stored, False)
+            add(stored)
+            offset += 1
+        return out
+
+    def clear(self) -> None:
+        """Forget every held batch."""
+        self._held.clear()
+        self._order.clear()
+        self.bytes = 0

@@ -121,7 +121,7 @@ class SubscriptionManager:
         self._subs: dict[tuple[TopicName, str], TopicSubscription] = {}
         self._lock = trio.Lock()
         #: decoded batches shared by every subscription's read-ahead (see :mod:`.read_ahead`)
-        self.batches = SharedBatchCache()
+        self.batches = SharedBatchCache(fresh=core.fresh)
 
     # ------------------------------------------------------------ lookup
 

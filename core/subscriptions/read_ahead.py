@@ -27,6 +27,13 @@ never be served another topic's records.  The decoded records are shared:
 frozen, and neither the subscriptions nor the protocol handlers mutate the
 records list or a message's headers list (treat them as immutable).
 
+A batch that was just appended through :meth:`core.api.Core.append_messages`
+is not even decoded: the core's :class:`~core.records.FreshBatches` still holds
+the messages it was built from, and hands them out when the entry read is that
+very stored object.  And a subscription keeping up with its partition reads
+those entries from the log's memory without a trip through the scheduler
+(:meth:`ReadAheadFill._read_nowait`).
+
 :class:`ReadAheadFill` (mixed into :class:`PartitionSubscription`) is the fill
 itself: log reads into the read-ahead, skipping what is acknowledged or held
 elsewhere, acknowledging control records, filtered-out and expired messages,
@@ -48,7 +55,7 @@ from core.errors import OffsetOutOfRange
 from core.headers import is_expired
 from core.names import TopicName
 from core.partition import ReadEntry
-from core.records import StoredMessage, decode_batch
+from core.records import FreshBatches, StoredMessage, decode_batch
 from core.subscriptions.delayed import DelayedIndex, deliver_at_ms
 from core.subscriptions.items import Buffered, Pending
 from core.subscriptions.options import SubscriptionOptions
@@ -79,6 +86,8 @@ _RECORD_OVERHEAD = 256
 _ATTRIBUTES_LOW = 22
 
 _offset_of = attrgetter("offset")
+#: fills in a row that may skip the scheduler (see :meth:`ReadAheadFill._read_nowait`)
+_MAX_NOWAIT_FILLS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +117,22 @@ class DecodedBatch:
         )
 
 
-def _decoded(entry: ReadEntry, stored: bytes) -> DecodedBatch:
-    """``entry`` (whose bytes are ``stored``) decoded."""
+def _decoded(
+    entry: ReadEntry, stored: bytes | None = None, fresh: FreshBatches | None = None
+) -> DecodedBatch:
+    """``entry`` (whose bytes are ``stored`` when given) decoded.
+
+    When ``fresh`` holds the entry's messages (it was just appended), they are
+    taken from there instead of decoding the bytes.
+    """
+    batch = entry.batch
+    records = None
+    if fresh is not None:
+        records = fresh.records(batch, entry.base_offset, entry.last_offset - entry.base_offset + 1)
+    if records is None:
+        records = decode_batch(stored if stored is not None else bytes(batch))
     return DecodedBatch(
-        entry.base_offset, entry.last_offset, entry.broker_timestamp, len(stored),
-        decode_batch(stored),
+        entry.base_offset, entry.last_offset, entry.broker_timestamp, len(batch), records
     )
 
 
@@ -131,11 +151,14 @@ class SharedBatchCache:
         self,
         max_batches: int = DEFAULT_SHARED_BATCHES,
         max_bytes: int = DEFAULT_SHARED_BATCH_BYTES,
+        fresh: FreshBatches | None = None,
     ) -> None:
         if max_batches < 1 or max_bytes < 1:
             raise ValueError("max_batches and max_bytes must be positive")
         self.max_batches = max_batches
         self.max_bytes = max_bytes
+        #: the core's recently appended messages, used instead of decoding them
+        self.fresh = fresh
         self._held: OrderedDict[tuple[str, int], tuple[bytes, DecodedBatch, int]] = (
             OrderedDict()
         )
@@ -181,8 +204,12 @@ class SharedBatchCache:
     def decode(self, log_name: str, entry: ReadEntry) -> DecodedBatch:
         """``entry`` of the partition log ``log_name``, decoded (held, or decoded now)."""
         key = (log_name, entry.base_offset)
-        stored = bytes(entry.batch)
         held = self._held.get(key)
+        lone = self._readers.get(log_name, 0) < 2
+        if held is None and lone:
+            self.decodes += 1  # a lone reader: nobody else would use it, so not held
+            return _decoded(entry, None, self.fresh)
+        stored = bytes(entry.batch)
         if held is not None:
             held_stored, batch, weight = held
             if batch.same_entry(entry) and held_stored == stored:
@@ -191,10 +218,10 @@ class SharedBatchCache:
                 return batch
             del self._held[key]  # that offset was rewritten (topic created again)
             self.bytes -= weight
-        batch = _decoded(entry, stored)
+        batch = _decoded(entry, stored, self.fresh)
         self.decodes += 1
-        if self._readers.get(log_name, 0) < 2:
-            return batch  # a lone reader: nobody else would use it
+        if lone:
+            return batch
         weight = self.weight(stored, batch)
         if weight <= self.max_bytes:
             self._held[key] = (stored, batch, weight)
@@ -246,10 +273,7 @@ class BatchCache:
             return batch
         self.decodes += 1
         shared = self._shared
-        if shared is not None:
-            batch = shared.decode(self._log_name, entry)
-        else:
-            batch = _decoded(entry, bytes(entry.batch))
+        batch = shared.decode(self._log_name, entry) if shared is not None else _decoded(entry)
         self._batch = batch
         return batch
 
@@ -288,6 +312,8 @@ class ReadAheadFill:
     _dead: dict[int, Buffered]
     _delayed: DelayedIndex
     _due: dict[int, Buffered]
+    #: fills in a row that read without a checkpoint (see :meth:`_read_nowait`)
+    _nowait_fills: int = 0
 
     if TYPE_CHECKING:  # provided by PartitionSubscription
 
@@ -307,28 +333,32 @@ class ReadAheadFill:
             return  # the task reads the log on its next pass if there is room
         epoch = self._epoch
         aborted = None
-        try:
-            if self._read_committed:
-                read = await read_committed(
-                    self.core, self.topic, self.partition, self._read_position, self.read_bytes
-                )
-                entries, aborted = read.entries, read.is_aborted
-            else:
-                entries = await self.core.read(
-                    self.topic, self.partition, self._read_position, self.read_bytes
-                )
-        except OffsetOutOfRange as exc:
-            if epoch != self._epoch:
+        entries = self._read_nowait()
+        if entries is None:
+            self._nowait_fills = 0
+            try:
+                if self._read_committed:
+                    read = await read_committed(
+                        self.core, self.topic, self.partition, self._read_position,
+                        self.read_bytes,
+                    )
+                    entries, aborted = read.entries, read.is_aborted
+                else:
+                    entries = await self.core.read(
+                        self.topic, self.partition, self._read_position, self.read_bytes
+                    )
+            except OffsetOutOfRange as exc:
+                if epoch != self._epoch:
+                    return
+                if self._read_position >= exc.earliest:
+                    raise
+                # retention removed what this subscription had not consumed
+                self.cursor.ack_range(self.cursor.mark_delete, exc.earliest)
+                self._read_position = exc.earliest
+                self._save()
                 return
-            if self._read_position >= exc.earliest:
-                raise
-            # retention removed what this subscription had not consumed
-            self.cursor.ack_range(self.cursor.mark_delete, exc.earliest)
-            self._read_position = exc.earliest
-            self._save()
-            return
-        if epoch != self._epoch:
-            return  # a seek happened meanwhile
+            if epoch != self._epoch:
+                return  # a seek happened meanwhile
         for entry in entries:
             if entry.last_offset < self._read_position:
                 continue
@@ -339,6 +369,45 @@ class ReadAheadFill:
                 continue
             if not self._take(self._batches.decode(entry)):
                 return
+
+    def _read_nowait(self) -> list[ReadEntry] | None:
+        """The next entries, when they can be had at once (no checkpoint), else None.
+
+        A subscription keeping up with its partition reads what was just appended:
+        the log holds it in memory (:meth:`core.partition.Partition.read_nowait`),
+        and going through the scheduler for it would only delay the delivery by a
+        round.  READ_COMMITTED takes this path only while the partition has no
+        aborted transaction at all: then :func:`read_committed` would return
+        exactly the entries below the last stable offset.  While catching up on a
+        backlog, at most ``_MAX_NOWAIT_FILLS`` fills in a row skip the checkpoint;
+        a fill that reaches the end is followed by the run loop's sleep.
+        """
+        if self._nowait_fills >= _MAX_NOWAIT_FILLS:
+            return None
+        opened = self.core._cache.get(self.topic)
+        if opened is None or not 0 <= self.partition < len(opened.partitions):
+            return None
+        partition = opened.partitions[self.partition]
+        position = self._read_position
+        end = partition.high_watermark
+        if self._read_committed:
+            if partition.txns.aborted_count:
+                return None
+            end = partition.txns.stable_offset(end)
+        if position >= end:
+            return None
+        entries = partition.read_nowait(position, self.read_bytes)
+        if not entries:
+            return None
+        if entries[-1].last_offset >= end:  # READ_COMMITTED: stop below the LSO
+            entries = [e for e in entries if e.last_offset < end]
+            if not entries:
+                return None
+        if entries[-1].last_offset + 1 < end:
+            self._nowait_fills += 1  # more to read: the run loop comes straight back
+        else:
+            self._nowait_fills = 0  # caught up: the run loop sleeps (a checkpoint) next
+        return entries
 
     def _take(self, batch: DecodedBatch) -> bool:
         """Move ``batch``'s records from the read position on into the read-ahead.
