@@ -17,7 +17,8 @@ from core.names import TopicName
 from core.subscriptions.backlog import oldest, ready_ranges
 from core.subscriptions.delayed import DelayedIndex
 from core.subscriptions.items import Buffered, Pending
-from core.subscriptions.redelivery import RedeliveryQueue
+from core.subscriptions.options import SubscriptionOptions
+from core.subscriptions.redelivery import RedeliveryQueue, dead_letter_dropped
 
 if TYPE_CHECKING:
     from core.api import Core
@@ -31,6 +32,9 @@ class ReadyAcks:
     core: Core
     topic: TopicName
     partition: int
+    name: str
+    options: SubscriptionOptions
+    _clock_ms: Callable[[], int]
     cursor: Cursor
     _pending: dict[int, Pending]
     _read_ahead: deque[Buffered]
@@ -52,12 +56,19 @@ class ReadyAcks:
 
     async def drop_head(self, keep: int) -> int:
         """Acknowledge the oldest ready messages until at most ``keep`` are left; return
-        how many went (AMQP ``x-max-length`` with ``drop-head``)."""
+        how many went (AMQP ``x-max-length`` with ``drop-head``).  With dead letters on,
+        the dropped messages are then dead-lettered (reason ``maxlen``, see
+        :func:`~core.subscriptions.redelivery.dead_letter_dropped`)."""
         hw = await self.core.latest_offset(self.topic, self.partition)
         excess = self.cursor.backlog(hw) - len(self._pending) - max(keep, 0)
         if excess <= 0:
             return 0
-        return self._ack_ready(oldest(ready_ranges(self.cursor, self._pending, hw), excess))
+        ranges = oldest(ready_ranges(self.cursor, self._pending, hw), excess)
+        dropped = self._ack_ready(ranges)
+        if dropped and self.options.redelivery.dead_letters:
+            await dead_letter_dropped(self.core, self.topic, self.partition, self.name,
+                                      self.options, ranges, self._clock_ms())
+        return dropped
 
     def _ack_ready(self, ranges: list[tuple[int, int]]) -> int:
         acked = sum(self.cursor.ack_range(lo, hi) for lo, hi in ranges)

@@ -9,42 +9,91 @@ an ack timeout, or its consumer going away (both redelivered at once).  Each
 time, the cursor's redelivery count grows; once a message would be redelivered
 more than ``max_redeliveries`` times it goes to the dead letter topic instead
 (published there, then acknowledged).
+
+Dead letters
+------------
+A message is dead-lettered for one of four reasons (:class:`DeadLetterReason`):
+rejected by its consumer, past the redelivery limit, expired (TTL or its own
+expiry), or dropped from the head of a full queue (``maxlen``, AMQP
+``x-max-length``).  By default the dead letter is the message plus the
+``ps.dlq.*`` headers saying where it came from and why
+(:func:`dead_letter_message`); a protocol that has its own convention supplies
+:attr:`RedeliveryPolicy.dead_letter_rewrite`, which turns (message, reason) into
+the dead letter instead (AMQP adds RabbitMQ's ``x-death``).
+:func:`dead_letters` applies the one or the other to the subscription's dead
+letter list, and :func:`dead_letter_dropped` publishes the dead letters of
+messages dropped by drop-head.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import enum
+import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.errors import TopicAlreadyExists, UnknownTopic
+from core.errors import CoreError, OffsetOutOfRange, TopicAlreadyExists, UnknownTopic
 from core.headers import PREFIX, format_uint
 from core.names import TopicName
-from core.records import Message
+from core.records import Message, decode_batch
+from core.subscriptions.items import Buffered
 
 if TYPE_CHECKING:
     from core.api import Core
+    from core.subscriptions.options import SubscriptionOptions
 
 __all__ = [
     "DLQ_OFFSET_HEADER",
     "DLQ_PARTITION_HEADER",
+    "DLQ_REASON_HEADER",
     "DLQ_TOPIC_HEADER",
+    "DeadLetter",
+    "DeadLetterReason",
+    "DeadLetterRewrite",
     "RedeliveryPolicy",
     "RedeliveryQueue",
     "Waiting",
+    "dead_letter_dropped",
     "dead_letter_message",
     "dead_letter_topic",
+    "dead_letters",
     "publish_dead_letters",
 ]
+
+log = logging.getLogger(__name__)
 
 #: gateway headers (``ps.*``, see :mod:`core.headers`) on a dead-lettered message:
 #: where it came from
 DLQ_TOPIC_HEADER = f"{PREFIX}dlq.topic"
 DLQ_PARTITION_HEADER = f"{PREFIX}dlq.partition"
 DLQ_OFFSET_HEADER = f"{PREFIX}dlq.offset"
+#: ... and why (a :class:`DeadLetterReason` value)
+DLQ_REASON_HEADER = f"{PREFIX}dlq.reason"
 _NOT_TOPIC_CHARS = re.compile(r"[^A-Za-z0-9._=-]")
+#: dead letters published at a time; bytes read at a time for drop-head's dead letters
+_DEAD_LETTER_BATCH = 100
+_DROPPED_READ_BYTES = 1 << 20
+
+
+class DeadLetterReason(enum.StrEnum):
+    """Why a message is dead-lettered (the values are RabbitMQ's ``x-death`` reasons)."""
+
+    #: negatively acknowledged for good (AMQP ``basic.reject``/``nack`` without requeue)
+    REJECTED = "rejected"
+    #: its subscription's TTL or its own expiry (``ps.expiry-ms``) ran out
+    EXPIRED = "expired"
+    #: dropped from the head of a full queue (AMQP ``x-max-length``, drop-head)
+    MAXLEN = "maxlen"
+    #: due for redelivery more than ``max_redeliveries`` times
+    DELIVERY_LIMIT = "delivery_limit"
+
+
+#: turns (message, reason) into the message appended to the dead letter topic
+DeadLetterRewrite = Callable[[Message, DeadLetterReason], Message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +118,9 @@ class RedeliveryPolicy:
     dead_letter_topic: str | None = None
     #: the key dead letters get (AMQP ``x-dead-letter-routing-key``); None keeps theirs
     dead_letter_key: bytes | None = None
+    #: builds the dead letter instead of :func:`dead_letter_message` (its result is
+    #: appended as is: ``dead_letter_key`` is then the rewrite's business)
+    dead_letter_rewrite: DeadLetterRewrite | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.nack_delay_s < 0 or self.nack_max_delay_s < self.nack_delay_s:
@@ -112,18 +164,58 @@ def dead_letter_topic(topic: TopicName, subscription: str, policy: RedeliveryPol
 
 
 def dead_letter_message(
-    message: Message, topic: TopicName, partition: int, offset: int, key: bytes | None = None
+    message: Message, topic: TopicName, partition: int, offset: int, key: bytes | None = None,
+    reason: DeadLetterReason | None = None,
 ) -> Message:
-    """``message`` as published to a dead letter topic: headers name where it came from;
-    ``key`` (when given) replaces its key."""
+    """``message`` as published to a dead letter topic: headers name where it came from
+    (and why, when ``reason`` is given); ``key`` (when given) replaces its key."""
     headers = [
         *message.headers,
         (DLQ_TOPIC_HEADER, str(topic.base).encode()),
         (DLQ_PARTITION_HEADER, format_uint(partition)),
         (DLQ_OFFSET_HEADER, format_uint(offset)),
     ]
+    if reason is not None:
+        headers.append((DLQ_REASON_HEADER, reason.value.encode()))
     return Message(message.key if key is None else key, message.value, headers,
                    message.timestamp_ms)
+
+
+@dataclass(slots=True)
+class DeadLetter(Buffered):
+    """An entry of a subscription's dead letter list that says why it is there.
+
+    The read-ahead puts plain :class:`Buffered` items there for expired
+    messages: a plain item counts as :attr:`DeadLetterReason.EXPIRED`.
+    """
+
+    reason: DeadLetterReason
+
+
+def dead_letters(
+    items: Iterable[Buffered], topic: TopicName, partition: int, policy: RedeliveryPolicy
+) -> list[Message]:
+    """The messages to append to the dead letter topic for ``items`` (taken from
+    ``partition`` of ``topic``): the policy's rewrite of each, else
+    :func:`dead_letter_message` with the policy's key.
+
+    A rewrite that raises is logged and the default dead letter used: a dead
+    letter is never lost to it.
+    """
+    rewrite = policy.dead_letter_rewrite
+    out = []
+    for item in items:
+        reason = item.reason if isinstance(item, DeadLetter) else DeadLetterReason.EXPIRED
+        if rewrite is not None:
+            try:
+                out.append(rewrite(item.message, reason))
+                continue
+            except Exception:
+                log.exception("dead letter rewrite failed for offset %d of %s; using the "
+                              "default dead letter", item.offset, topic.log_name(partition))
+        out.append(dead_letter_message(item.message, topic, partition, item.offset,
+                                       policy.dead_letter_key, reason))
+    return out
 
 
 async def publish_dead_letters(core: Core, topic: TopicName, messages: list[Message]) -> None:
@@ -137,6 +229,79 @@ async def publish_dead_letters(core: Core, topic: TopicName, messages: list[Mess
         with contextlib.suppress(TopicAlreadyExists):
             await core.create_topic(topic)
     await core.append_messages(topic, 0, messages)
+
+
+async def dead_letter_dropped(
+    core: Core, topic: TopicName, partition: int, subscription: str,
+    options: SubscriptionOptions, dropped: Sequence[tuple[int, int]], now_ms: int,
+) -> int:
+    """Publish the dead letters of the offsets drop-head just acknowledged (``dropped``:
+    ascending half-open ranges); return how many were published.
+
+    Read back from the log ``_DROPPED_READ_BYTES`` at a time and published
+    ``_DEAD_LETTER_BATCH`` at a time.  Skipped: control records, messages the
+    subscription's filter rejects (not the queue's), and expired ones unless
+    ``options`` dead-letter those (reason ``expired``); the rest go with reason
+    ``maxlen``.  As the offsets are acknowledged already, a failure is logged and
+    the remaining dead letters are lost (RabbitMQ's at-most-once dead-lettering).
+    """
+    policy = options.redelivery
+    if not policy.dead_letters or not dropped:
+        return 0
+    target = dead_letter_topic(topic, subscription, policy)
+    batch: list[Buffered] = []
+    published = 0
+    try:
+        for lo, hi in dropped:
+            position = lo
+            while position < hi:
+                try:
+                    entries = await core.read(topic, partition, position, _DROPPED_READ_BYTES)
+                except OffsetOutOfRange as exc:
+                    if exc.earliest <= position:
+                        raise
+                    position = exc.earliest  # retention removed the rest: nothing to send
+                    continue
+                if not entries:
+                    break
+                for entry in entries:
+                    for stored in decode_batch(entry.batch):
+                        if not position <= stored.offset < hi or stored.control:
+                            continue
+                        item = _dropped_item(options, stored.offset, stored.message,
+                                             entry.broker_timestamp, now_ms)
+                        if item is None:
+                            continue
+                        batch.append(item)
+                        if len(batch) >= _DEAD_LETTER_BATCH:
+                            await publish_dead_letters(
+                                core, target, dead_letters(batch, topic, partition, policy))
+                            published += len(batch)
+                            batch.clear()
+                    position = max(position, entry.last_offset + 1)
+                    if position >= hi:
+                        break
+        if batch:
+            await publish_dead_letters(core, target, dead_letters(batch, topic, partition, policy))
+            published += len(batch)
+    except CoreError:
+        log.exception("dead letters of messages dropped from %s on %s failed", subscription,
+                      topic.log_name(partition))
+    return published
+
+
+def _dropped_item(
+    options: SubscriptionOptions, offset: int, message: Message, publish_time_ms: int,
+    now_ms: int,
+) -> DeadLetter | None:
+    """What a message dropped by drop-head becomes on the dead letter list (None: nothing)."""
+    if options.filter is not None and not options.filter(message):
+        return None
+    if options.expired(message, publish_time_ms, now_ms):
+        if not options.dead_letter_expired:
+            return None
+        return DeadLetter(offset, message, publish_time_ms, DeadLetterReason.EXPIRED)
+    return DeadLetter(offset, message, publish_time_ms, DeadLetterReason.MAXLEN)
 
 
 @dataclass(slots=True)

@@ -78,10 +78,12 @@ from core.subscriptions.options import SubscriptionOptions
 from core.subscriptions.purging import ReadyAcks
 from core.subscriptions.read_ahead import BatchCache, ReadAheadFill, SharedBatchCache
 from core.subscriptions.redelivery import (
+    DeadLetter,
+    DeadLetterReason,
     RedeliveryQueue,
     Waiting,
-    dead_letter_message,
     dead_letter_topic,
+    dead_letters,
     publish_dead_letters,
 )
 from core.subscriptions.txn_acks import TransactionalAcks
@@ -441,7 +443,8 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         del self._pending[offset]
         if self._dispatcher is not None:
             self._dispatcher.on_released(consumer, pending.message.key)
-        self._dead[offset] = Buffered(offset, pending.message, pending.publish_time_ms)
+        self._dead[offset] = DeadLetter(offset, pending.message, pending.publish_time_ms,
+                                        DeadLetterReason.REJECTED)
         self.wake()
 
     def _take_back(
@@ -453,7 +456,8 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
             self._dispatcher.on_released(pending.consumer, pending.message.key)
         n = self.cursor.record_redelivery(offset) if count else self.cursor.redelivery_count(offset)
         if count and self.options.redelivery.should_dead_letter(n):
-            self._dead[offset] = Buffered(offset, pending.message, pending.publish_time_ms)
+            self._dead[offset] = DeadLetter(offset, pending.message, pending.publish_time_ms,
+                                            DeadLetterReason.DELIVERY_LIMIT)
             return
         wait = self.options.redelivery.nack_delay(n) if delay is None else delay
         self._redeliver.add(Waiting(offset, pending.message, pending.publish_time_ms, now + wait))
@@ -493,6 +497,9 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         self._woken = True
         sleeping = self._sleeping
         if sleeping is not None:
+            # one cancel is enough (each costs trio a cancel-reason record): an ack
+            # storm before the task resumes then costs a flag each
+            self._sleeping = None
             sleeping.cancel()
 
     async def run(self) -> None:
@@ -722,11 +729,7 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
     async def _publish_dead_letters(self) -> None:
         policy = self.options.redelivery
         items = list(itertools.islice(self._dead.values(), _DEAD_LETTER_BATCH))
-        messages = [
-            dead_letter_message(i.message, self.topic, self.partition, i.offset,
-                                policy.dead_letter_key)
-            for i in items
-        ]
+        messages = dead_letters(items, self.topic, self.partition, policy)
         try:
             target = dead_letter_topic(self.topic, self.name, policy)
             await publish_dead_letters(self.core, target, messages)

@@ -12,20 +12,26 @@ the message its dead-letter exchange receives, as RabbitMQ does:
   dead letter does not expire again at once;
 * the routing key becomes ``x-dead-letter-routing-key`` when the queue sets one.
 
-The session routes the result through the dead-letter exchange like a publish (its type and
-bindings apply).  Only ``basic.reject``/``basic.nack`` without requeue go through here today:
-messages that expire are dead-lettered by the core and carry its ``ps.dlq.*`` headers instead.
+Two paths lead here.  A message rejected (``basic.reject``/``basic.nack`` without requeue) is
+dead-lettered by the session: :func:`dead_letter` and then routed through the dead-letter
+exchange like a publish (its type and bindings apply).  Messages that expire (``x-message-ttl``,
+a per-message ``expiration``) or are dropped from the head of a full queue (``x-max-length``,
+reason ``maxlen``) are dead-lettered by the core: each queue subscription's redelivery policy
+carries :func:`rewriter`, so the core appends the same ``x-death`` message (instead of its
+``ps.dlq.*`` headers) to the dead-letter exchange's topic.
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 from core.records import Message
+from core.subscriptions.redelivery import DeadLetterReason, DeadLetterRewrite
 from handlers.amqp.mapping import message_to_amqp, properties_to_message
 
-__all__ = ["dead_letter"]
+__all__ = ["dead_letter", "rewriter"]
 
 
 def dead_letter(message: Message, *, queue: str, reason: str, exchange: str, now_ms: int,
@@ -62,3 +68,17 @@ def dead_letter(message: Message, *, queue: str, reason: str, exchange: str, now
     props.headers = headers
     key = routing_key if routing_key is not None else out.routing_key
     return properties_to_message(key, props, bytes(out.body), message.timestamp_ms)
+
+
+def rewriter(*, queue: str, exchange: str, routing_key: str | None,
+             clock_ms: Callable[[], int]) -> DeadLetterRewrite:
+    """The core's dead-letter hook for ``queue``'s subscription on ``exchange`` (the exchange
+    its messages were published to; ``""``: the default exchange): :func:`dead_letter` with
+    the core's reason, the time from ``clock_ms`` and the queue's
+    ``x-dead-letter-routing-key``."""
+
+    def rewrite(message: Message, reason: DeadLetterReason) -> Message:
+        return dead_letter(message, queue=queue, reason=reason.value, exchange=exchange,
+                           now_ms=clock_ms(), routing_key=routing_key)
+
+    return rewrite

@@ -66,6 +66,7 @@ from handlers.amqp.broker.topics import (
     exchange_topic_name,
     namespace_for_vhost,
 )
+from handlers.amqp.deadletter import rewriter
 from handlers.amqp.errors import AMQPChannelError, ReplyCode
 
 __all__ = [
@@ -224,6 +225,7 @@ class VirtualHost:
                         await self.metadata.save_exchange(exchange)
                 except BaseException:
                     self.registry.exchanges.pop(name, None)
+                    self.registry.forget_routes()
                     raise
             return exchange
 
@@ -649,7 +651,8 @@ class VirtualHost:
 
         The queue's arguments become the subscription's options: ``x-message-ttl``, and
         ``x-dead-letter-exchange``/``-routing-key`` as the dead letter topic and key (used
-        for rejected and expired messages).
+        for rejected, expired and drop-head messages), whose dead letters carry RabbitMQ's
+        ``x-death`` (:func:`handlers.amqp.deadletter.rewriter`).
         """
         topic = self.source_topic(queue.name, source)
         await self._ensure_topic(topic)
@@ -659,7 +662,9 @@ class VirtualHost:
             key = queue.parsed.dead_letter_routing_key
             policy = dataclasses.replace(
                 REQUEUE_NOW, dead_letter_topic=str(dead_letters),
-                dead_letter_key=None if key is None else key.encode("utf-8"))
+                dead_letter_key=None if key is None else key.encode("utf-8"),
+                dead_letter_rewrite=rewriter(queue=queue.name, exchange=source,
+                                             routing_key=key, clock_ms=self.subs.clock_ms))
             await self._ensure_topic(dead_letters)
         return await self.subs.subscribe(
             topic, queue.subscription, self.subscription_type(queue),
@@ -694,11 +699,18 @@ class VirtualHost:
     ) -> dict[TopicName, list[Message]]:
         """The messages each topic their routes name receives, in order (topics created)."""
         per_topic: dict[TopicName, list[Message]] = {}
+        # routes are mostly shared (the registry caches them): map each one to its lists once
+        targets: dict[int, list[list[Message]]] = {}
         for message, route in routed:
-            for name in route.exchanges:
-                per_topic.setdefault(self.exchange_topic(name), []).append(message)
-            if route.direct_queue is not None:
-                per_topic.setdefault(self.queue_topic(route.direct_queue), []).append(message)
+            lists = targets.get(id(route))
+            if lists is None:
+                lists = [per_topic.setdefault(self.exchange_topic(name), [])
+                         for name in route.exchanges]
+                if route.direct_queue is not None:
+                    lists.append(per_topic.setdefault(self.queue_topic(route.direct_queue), []))
+                targets[id(route)] = lists
+            for found in lists:
+                found.append(message)
         for topic in per_topic:
             await self._ensure_topic(topic)
         return per_topic
