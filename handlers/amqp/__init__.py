@@ -3,8 +3,8 @@
 :class:`AmqpHandler` is the plugin (entry point ``amqp``); :mod:`handlers.amqp.session` is the
 thin trio session; :mod:`handlers.amqp.broker` holds the broker logic (exchanges, queues on the
 core's subscriptions, bindings, vhosts, confirms).  Underneath is the sans-IO protocol layer:
-:class:`ServerConnection` (bytes in → events out, broker calls in → bytes out), its events,
-errors, framing and name validation.
+:class:`ServerConnection` (bytes in → events out, broker calls in → bytes out) with its
+handshake (:mod:`handlers.amqp.handshake`), its events, errors, framing and name validation.
 """
 
 from handlers.amqp.connection import (

@@ -23,9 +23,19 @@ from enum import Enum
 from pamqp import base, commands
 
 from handlers.amqp import names
-from handlers.amqp.errors import AMQPChannelError, AMQPConnectionError, ReplyCode
+from handlers.amqp.errors import (
+    AMQPChannelError,
+    AMQPConnectionError,
+    LocalProtocolError,
+    ReplyCode,
+)
 from handlers.amqp.events import ChannelFlow, Event, MethodReceived, Publish
-from handlers.amqp.frames import decode_content_header
+from handlers.amqp.frames import CONTENT_HEADER, CONTENT_HEADER_SIZE, decode_content_header
+
+#: distinct property lists a channel remembers decoded (a publisher repeats the same few)
+PROPERTIES_CACHE = 32
+#: longer property lists (big headers tables) are decoded every time
+PROPERTIES_CACHE_MAX_BYTES = 512
 
 #: Methods a client may send on a non-zero channel, beyond channel.open/close (handled by the
 #: connection).  Anything else (server-only methods such as basic.deliver) is 503.
@@ -109,6 +119,8 @@ class Channel:
         self._received = 0
         self._chunks: list[bytes] = []
         self._checked_exchange: str | None = None
+        self._raw_properties = b""
+        self._known_properties: dict[bytes, commands.Basic.Properties] = {}
 
     @property
     def assembling(self) -> bool:
@@ -125,7 +137,7 @@ class Channel:
     def handle_method(self, method: base.Frame) -> Event | None:
         """A decoded method (not channel.open/close/close-ok) for this open channel."""
         if type(method) is commands.Basic.Publish and self._publish is None:
-            self._handle_publish(method)
+            self.handle_publish(method)
             return None
         if self._publish is not None:
             raise AMQPConnectionError(
@@ -142,6 +154,8 @@ class Channel:
                 method.index >> 16,
                 method.index & 0xFFFF,
             )
+        if method_type is commands.Basic.Ack:  # no names or arguments to check
+            return MethodReceived(self.number, method)
         self._validate(method)
         if isinstance(method, commands.Basic.Publish):
             self._publish = method
@@ -152,9 +166,13 @@ class Channel:
             return ChannelFlow(self.number, self.active)
         return MethodReceived(self.number, method)
 
-    def _handle_publish(self, method: commands.Basic.Publish) -> None:
-        # The hot path of handle_method: a publisher sends to one exchange again and again, so
-        # its name is checked once until it changes.
+    def handle_publish(self, method: commands.Basic.Publish) -> None:
+        """A ``basic.publish`` while no content is being assembled (:meth:`handle_method`'s
+        hot path): content assembly starts."""
+        if self._publish is not None:
+            raise LocalProtocolError("handle_publish() while assembling a content")
+        # A publisher sends to one exchange again and again, so its name is checked once
+        # until it changes.
         if method.exchange != self._checked_exchange:
             self._validate(method)
             self._checked_exchange = method.exchange
@@ -168,13 +186,26 @@ class Channel:
             raise AMQPConnectionError(
                 ReplyCode.UNEXPECTED_FRAME, "content header frame without a pending basic.publish"
             )
-        class_id, body_size, properties = decode_content_header(payload)
+        raw = payload[CONTENT_HEADER_SIZE:]
+        known = self._known_properties.get(raw)
+        if known is None:
+            class_id, body_size, properties = decode_content_header(payload)
+        else:  # raw is a known (so well-formed) property list: the payload is long enough
+            class_id, _weight, body_size = CONTENT_HEADER.unpack_from(payload)
+            properties = known
         if class_id != commands.Basic.frame_id:
             raise AMQPConnectionError(
                 ReplyCode.UNEXPECTED_FRAME,
                 f"content header for class {class_id}, expected basic (60)",
             )
-        names.check_table(properties.headers, commands.Basic.frame_id, 40)
+        if known is None:
+            names.check_table(properties.headers, commands.Basic.frame_id, 40)
+            if len(raw) <= PROPERTIES_CACHE_MAX_BYTES:
+                if len(self._known_properties) >= PROPERTIES_CACHE:
+                    self._known_properties.clear()
+                self._known_properties[raw] = properties
+        # only short property lists travel as a cache key (see Publish.raw_properties)
+        self._raw_properties = raw if len(raw) <= PROPERTIES_CACHE_MAX_BYTES else b""
         if body_size > self._max_message_size:
             raise AMQPChannelError(
                 ReplyCode.PRECONDITION_FAILED,
@@ -188,6 +219,23 @@ class Channel:
         if body_size == 0:
             return self._complete()
         return None
+
+    def handle_whole(
+        self, method: commands.Basic.Publish, content: bytes, body: bytes
+    ) -> Event | None:
+        """:meth:`handle_publish`, :meth:`handle_header` and :meth:`handle_body` at once, for a
+        publish whose frames all arrived (the body in one frame; ``b""`` when empty)."""
+        self.handle_publish(method)
+        event = self.handle_header(content)
+        if event is not None or len(body) != self._body_size:
+            return event if event is not None else self.handle_body(body)
+        assert self._publish is not None and self._properties is not None
+        event = Publish(self.number, self._publish, self._properties, body, self._raw_properties)
+        self._publish = None
+        self._properties = None
+        self._body_size = 0
+        self._raw_properties = b""
+        return event
 
     def handle_body(self, payload: bytes) -> Event | None:
         """A content body frame."""
@@ -209,7 +257,9 @@ class Channel:
 
     def _complete(self) -> Publish:
         assert self._publish is not None and self._properties is not None
-        event = Publish(self.number, self._publish, self._properties, b"".join(self._chunks))
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        event = Publish(self.number, self._publish, self._properties, body, self._raw_properties)
         self._reset_content()
         return event
 
@@ -218,7 +268,9 @@ class Channel:
         self._properties = None
         self._body_size = 0
         self._received = 0
-        self._chunks = []
+        if self._chunks:
+            self._chunks = []
+        self._raw_properties = b""
 
     def _validate(self, method: base.Frame) -> None:
         class_id, method_id = method.index >> 16, method.index & 0xFFFF

@@ -35,10 +35,17 @@ Error codes chosen where the spec leaves room (following RabbitMQ where known):
 * Before tune-ok, incoming frames may be as large as *our* frame-max (the spec says 4096; being
   lenient costs nothing since the buffer is bounded by frame-max either way).
 
-Hot path: ``basic.publish`` and its content header are decoded by the struct-based fast path of
-:mod:`handlers.amqp.frames` (pamqp decides whatever it cannot read), and deliveries go out through
-:meth:`ServerConnection.send_deliver` (or :meth:`~ServerConnection.send_encoded_content` for
-frames the caller encoded), which build the frames without pamqp objects.
+The handshake steps (before ``OPEN``), :class:`ServerSettings` and :class:`ConnectionState` live
+in :mod:`handlers.amqp.handshake`.
+
+Hot path: on an open connection, a ``basic.publish`` whose method, header and body frames have
+all been received is handed to its channel at once, and a run of them becomes a run of
+:class:`Publish` events in one step (``_step_open``); other content frames and publishes go
+straight to the channel frame by frame.  ``basic.publish`` and its content header are decoded
+by the struct-based fast path of :mod:`handlers.amqp.frames` (pamqp decides whatever it cannot
+read), and deliveries go out through :meth:`~ServerConnection.send_encoded_content` (frames a
+:class:`~handlers.amqp.frames.DeliverEncoder` built) or :meth:`ServerConnection.send_deliver`,
+both without pamqp objects.
 
 Time is the session's job: after ``ConnectionTuned`` it should send :meth:`send_heartbeat` every
 ``heartbeat_interval / 2`` seconds when idle and call :meth:`timer_expired` if nothing at all was
@@ -53,13 +60,9 @@ no heartbeats and is never dropped for silence: :attr:`expects_heartbeats` is fa
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from enum import Enum
-from typing import Literal
 
 from pamqp import base, commands, common
 
-from handlers.amqp import names
 from handlers.amqp.channel import Channel, ChannelState
 from handlers.amqp.errors import (
     CHANNEL_CODES,
@@ -70,87 +73,43 @@ from handlers.amqp.errors import (
     ReplyCode,
 )
 from handlers.amqp.events import (
-    AuthenticationRequest,
     ChannelClosed,
     ChannelOpened,
     ConnectionClosed,
     ConnectionClosing,
-    ConnectionTuned,
     Event,
     MethodReceived,
-    VhostRequest,
 )
 from handlers.amqp.frames import (
     FRAME_BODY,
     FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
-    FRAME_MIN_SIZE,
-    PROTOCOL_HEADER,
     FrameReader,
     RawFrame,
     decode_method,
+    decode_publish_fast,
     encode_content,
     encode_deliver,
     encode_heartbeat,
     encode_method,
     method_ids,
 )
-from handlers.amqp.sasl import parse_amqplain, parse_plain
+from handlers.amqp.handshake import (
+    CAPABILITIES,
+    PAUSED_STATES,
+    ConnectionState,
+    Handshake,
+    ServerSettings,
+)
+
+__all__ = ["CAPABILITIES", "ConnectionState", "ServerConnection", "ServerSettings"]
 
 _CHANNEL_CLOSE = (20, 40)
 _CHANNEL_CLOSE_OK = (20, 41)
 _CHANNEL_OPEN = (20, 10)
 _CONNECTION_CLOSE = (10, 50)
 _CONNECTION_CLOSE_OK = (10, 51)
-
-CAPABILITIES: common.FieldTable = {
-    "publisher_confirms": True,
-    "exchange_exchange_bindings": True,
-    "basic.nack": True,
-    "consumer_cancel_notify": True,
-    "connection.blocked": True,
-    "authentication_failure_close": True,
-    "per_consumer_qos": True,
-}
-"""Capabilities announced in ``connection.start`` (RabbitMQ's names, which clients check)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    """Limits and identity the broker proposes to every client."""
-
-    channel_max: int = 2047
-    frame_max: int = 131072
-    heartbeat: int = 60
-    max_message_size: int = 16 * 1024 * 1024
-    product: str = "Polystream"
-    version: str = "0.1.0"
-    name_policy: names.NamePolicy = names.NamePolicy.COMPATIBLE
-    max_receive_buffer: int = 256 * 1024
-    max_send_buffer: int = 4 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.channel_max <= 0xFFFF:
-            raise ValueError("channel_max must be in 1..65535")
-        if self.frame_max < FRAME_MIN_SIZE:
-            raise ValueError(f"frame_max must be >= {FRAME_MIN_SIZE}")
-        if not 0 <= self.heartbeat <= 0xFFFF:
-            raise ValueError("heartbeat must be in 0..65535")
-
-
-class ConnectionState(Enum):
-    """Where the connection is in its lifecycle (see the module docstring)."""
-
-    AWAIT_HEADER = "await-header"
-    AWAIT_START_OK = "await-start-ok"
-    AUTHENTICATING = "authenticating"
-    AWAIT_TUNE_OK = "await-tune-ok"
-    AWAIT_OPEN = "await-open"
-    VHOST_CHECK = "vhost-check"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 def _shortstr(text: str) -> str:
@@ -161,7 +120,7 @@ def _shortstr(text: str) -> str:
     return raw[:255].decode("utf-8", "ignore")
 
 
-class ServerConnection:
+class ServerConnection(Handshake):
     """One client connection, server side.  See the module docstring for the protocol."""
 
     def __init__(self, settings: ServerSettings | None = None) -> None:
@@ -199,21 +158,21 @@ class ServerConnection:
 
     def next_event(self) -> Event | None:
         """The next event, or ``None`` when more data (or a session decision) is needed."""
-        while not self._events:
-            if self.state in (
-                ConnectionState.CLOSED,
-                ConnectionState.AUTHENTICATING,
-                ConnectionState.VHOST_CHECK,
-            ):
+        events = self._events
+        if events:
+            return events.popleft()
+        while not events:
+            state = self.state
+            if state in PAUSED_STATES:
                 return None
             try:
-                if not self._step():
+                if not (self._step_open() if state is ConnectionState.OPEN else self._step()):
                     break
             except FrameError as exc:
                 self._fatal_frame_error(exc)
             except AMQPConnectionError as exc:
                 self._connection_error(exc)
-        return self._events.popleft() if self._events else None
+        return events.popleft() if events else None
 
     # ----------------------------------------------------------------- output
 
@@ -223,6 +182,11 @@ class ServerConnection:
         self._out.clear()
         self._out_size = 0
         return data
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` would return bytes."""
+        return bool(self._out)
 
     def send_method(self, channel: int, method: base.Frame) -> bool:
         """Queue a method frame for an open channel (or channel 0).
@@ -291,6 +255,18 @@ class ServerConnection:
         if not self._content_channel_open(channel):
             return False
         self._queue(data, session=True)
+        return True
+
+    def send_encoded_contents(self, channel: int, parts: list[bytes]) -> bool:
+        """:meth:`send_encoded_content` for several deliveries at once (checked once)."""
+        if not self._content_channel_open(channel):
+            return False
+        if self._out_size > self.settings.max_send_buffer:
+            raise LocalProtocolError(
+                f"{self._out_size} bytes queued: write data_to_send() before sending more"
+            )
+        self._out.extend(parts)
+        self._out_size += sum(map(len, parts))
         return True
 
     def send_heartbeat(self) -> None:
@@ -441,6 +417,78 @@ class ServerConnection:
         caps = self.client_properties.get("capabilities")
         return isinstance(caps, dict) and bool(caps.get(name))
 
+    def _step_open(self) -> bool:
+        """:meth:`_step` on an open connection: process input until an event is ready.
+
+        The hot path: a whole ``basic.publish`` (method, header and body frames already
+        received) for an open channel is handed to the channel at once, and consecutive ones
+        are all turned into :class:`Publish` events in one call (the session collects
+        publishes before acting anyway).  Any other frame goes through :meth:`_open_frame` one
+        at a time, and its event is returned before more input is looked at, as in
+        :meth:`_step`.  False when more bytes are needed.
+        """
+        reader = self._reader
+        channels = self._channels
+        events = self._events
+        while True:
+            whole = reader.peek_publish()
+            if whole is not None:
+                # method, header and body at once: what the three frames one by one would do
+                number, method_payload, content, body, end = whole
+                chan = channels.get(number)
+                if chan is not None and chan.state is ChannelState.OPEN and not chan.assembling:
+                    publish = decode_publish_fast(method_payload)
+                    if publish is not None:
+                        reader.commit(end)
+                        try:
+                            event = chan.handle_whole(publish, content, body)
+                        except AMQPChannelError as exc:
+                            self._close_channel(
+                                chan, int(exc.reply_code), exc.reply_text, exc.class_id,
+                                exc.method_id,
+                            )
+                            continue
+                        if event is not None:
+                            events.append(event)
+                        continue
+            if events:
+                return True
+            frame = reader.next_frame()
+            if frame is None:
+                return False
+            self._open_frame(frame)
+            if events or self.state is not ConnectionState.OPEN:
+                return True
+
+    def _open_frame(self, frame: RawFrame) -> None:
+        """One frame on an open connection (see :meth:`_step_open`)."""
+        frame_type, number, payload = frame
+        chan = self._channels.get(number) if number else None
+        if chan is None or chan.state is not ChannelState.OPEN:
+            self._dispatch_frame(frame)
+            return
+        try:
+            if frame_type == FRAME_BODY:
+                event = chan.handle_body(payload)
+            elif frame_type == FRAME_HEADER:
+                event = chan.handle_header(payload)
+            elif frame_type == FRAME_METHOD:
+                publish = None if chan.assembling else decode_publish_fast(payload)
+                if publish is not None:
+                    chan.handle_publish(publish)
+                    return
+                event = self._dispatch(chan, frame, method_ids(payload))
+            else:
+                self._dispatch_frame(frame)  # a heartbeat on a channel: a connection error
+                return
+        except AMQPChannelError as exc:
+            self._close_channel(
+                chan, int(exc.reply_code), exc.reply_text, exc.class_id, exc.method_id
+            )
+            return
+        if event is not None:
+            self._events.append(event)
+
     def _step(self) -> bool:
         """Process one unit of input; False when more bytes are needed."""
         if self.state is ConnectionState.AWAIT_HEADER:
@@ -448,12 +496,16 @@ class ServerConnection:
         frame = self._reader.next_frame()
         if frame is None:
             return False
+        self._dispatch_frame(frame)
+        return True
+
+    def _dispatch_frame(self, frame: RawFrame) -> None:
         if frame.frame_type == FRAME_HEARTBEAT:
             if frame.channel != 0:
                 raise AMQPConnectionError(
                     ReplyCode.FRAME_ERROR, f"heartbeat frame on channel {frame.channel}"
                 )
-            return True
+            return
         if self.state is ConnectionState.CLOSING:
             self._handle_closing(frame)
         elif self.state is ConnectionState.OPEN:
@@ -463,131 +515,6 @@ class ServerConnection:
                 self._handle_channel_frame(frame)
         else:
             self._handle_handshake(frame)
-        return True
-
-    def _handle_protocol_header(self) -> bool:
-        head = self._reader.read_protocol_header()
-        if head is None:
-            return False
-        if head != PROTOCOL_HEADER:
-            self._queue(PROTOCOL_HEADER)
-            self._reader.discard()
-            self._finish(
-                int(ReplyCode.FRAME_ERROR),
-                f"unsupported protocol header {head!r}; answered with AMQP 0-9-1",
-                by_peer=False,
-            )
-            return True
-        self.state = ConnectionState.AWAIT_START_OK
-        server_properties: common.FieldTable = {
-            "product": self.settings.product,
-            "version": self.settings.version,
-            "platform": "Python/trio",
-            "information": "Polystream multi-protocol gateway",
-            "capabilities": dict(CAPABILITIES),
-        }
-        start = commands.Connection.Start(
-            version_major=0,
-            version_minor=9,
-            server_properties=server_properties,
-            mechanisms="PLAIN AMQPLAIN",
-            locales="en_US",
-        )
-        self._queue(encode_method(0, start))
-        return True
-
-    # handshake ---------------------------------------------------------------
-
-    def _handle_handshake(self, frame: RawFrame) -> None:
-        if frame.frame_type != FRAME_METHOD or frame.channel != 0:
-            raise AMQPConnectionError(
-                ReplyCode.COMMAND_INVALID,
-                f"frame type {frame.frame_type} on channel {frame.channel} during handshake "
-                f"({self.state.value})",
-            )
-        method = decode_method(frame.payload)
-        if isinstance(method, commands.Connection.Close):
-            self._peer_close(method)
-            return
-        if self.state is ConnectionState.AWAIT_START_OK and isinstance(
-            method, commands.Connection.StartOk
-        ):
-            self._handle_start_ok(method)
-        elif self.state is ConnectionState.AWAIT_TUNE_OK and isinstance(
-            method, commands.Connection.TuneOk
-        ):
-            self._handle_tune_ok(method)
-        elif self.state is ConnectionState.AWAIT_OPEN and isinstance(
-            method, commands.Connection.Open
-        ):
-            self.vhost = method.virtual_host
-            self.state = ConnectionState.VHOST_CHECK
-            self._events.append(VhostRequest(method.virtual_host))
-        else:
-            raise AMQPConnectionError(
-                ReplyCode.COMMAND_INVALID,
-                f"unexpected {method.name} in state {self.state.value}",
-                method.index >> 16,
-                method.index & 0xFFFF,
-            )
-
-    def _handle_start_ok(self, method: commands.Connection.StartOk) -> None:
-        names.check_table(method.client_properties, 10, 11)
-        self.client_properties = dict(method.client_properties or {})
-        response = method.response
-        raw = response.encode("utf-8") if isinstance(response, str) else bytes(response or b"")
-        mechanism: Literal["PLAIN", "AMQPLAIN"]
-        if method.mechanism == "PLAIN":
-            mechanism = "PLAIN"
-            username, password = parse_plain(raw)
-        elif method.mechanism == "AMQPLAIN":
-            mechanism = "AMQPLAIN"
-            username, password = parse_amqplain(raw)
-        else:
-            raise AMQPConnectionError(
-                ReplyCode.COMMAND_INVALID,
-                f"unknown authentication mechanism {method.mechanism!r}",
-                10,
-                11,
-            )
-        self.username = username
-        self.state = ConnectionState.AUTHENTICATING
-        self._events.append(
-            AuthenticationRequest(
-                mechanism=mechanism,
-                username=username,
-                password=password,
-                client_properties=self.client_properties,
-                locale=method.locale,
-            )
-        )
-
-    def _handle_tune_ok(self, method: commands.Connection.TuneOk) -> None:
-        ours = self.settings
-        channel_max = method.channel_max or ours.channel_max
-        if channel_max > ours.channel_max:
-            raise AMQPConnectionError(
-                ReplyCode.NOT_ALLOWED,
-                f"channel_max={channel_max} > {ours.channel_max} max channels",
-                10,
-                31,
-            )
-        frame_max = method.frame_max or ours.frame_max
-        if frame_max < FRAME_MIN_SIZE or frame_max > ours.frame_max:
-            raise AMQPConnectionError(
-                ReplyCode.NOT_ALLOWED,
-                f"frame_max={frame_max} outside {FRAME_MIN_SIZE}..{ours.frame_max}",
-                10,
-                31,
-            )
-        self.channel_max = channel_max
-        self.frame_max = frame_max
-        # RabbitMQ's rule: the client's tune-ok value is final (0 disables heartbeats).
-        self.heartbeat_interval = method.heartbeat
-        self.client_heartbeat = method.heartbeat
-        self._reader.frame_max = frame_max
-        self.state = ConnectionState.AWAIT_OPEN
-        self._events.append(ConnectionTuned(channel_max, frame_max, self.heartbeat_interval))
 
     # open connection -----------------------------------------------------------
 

@@ -11,11 +11,12 @@ grants the core as many permits as it took.  So a burst costs one socket write a
 ``flow`` call, not one per message, and the client never holds more unacked messages than it
 asked for.
 
-Deliveries are encoded by :meth:`ServerConnection.send_deliver` straight into frame bytes (no
-pamqp method object per message).  Acks outside a transaction settle at once on the core
-consumer, a ``multiple`` ack with one ``ack_many`` per core consumer and partition; inside a
-transaction (``tx.select``) an ack is an ``ack_in_txn`` of the core's transaction engine and a
-nack/reject is held by :class:`~handlers.amqp.tx.ChannelTx` until commit.
+Deliveries are encoded by a :class:`~handlers.amqp.frames.DeliverEncoder` per pump straight
+into frame bytes (no pamqp object per message; properties encoded once per distinct header
+set, :func:`~handlers.amqp.mapping.delivery_fields`).  Acks outside a transaction settle at
+once on the core consumer, a ``multiple`` ack with one ``ack_many`` per core consumer and
+partition; inside a transaction (``tx.select``) an ack is an ``ack_in_txn`` of the core's
+transaction engine and a nack/reject is held by :class:`~handlers.amqp.tx.ChannelTx` until commit.
 
 A queue with ``x-max-priority`` gets a lookahead of extra core permits and a reordering buffer
 between the core consumer and the client (:mod:`handlers.amqp.priority`).
@@ -40,7 +41,8 @@ from handlers.amqp.channels import Channel
 from handlers.amqp.connection import ServerConnection
 from handlers.amqp.deadletter import dead_letter
 from handlers.amqp.errors import AMQPChannelError, AMQPConnectionError, ReplyCode
-from handlers.amqp.mapping import message_to_amqp
+from handlers.amqp.frames import DeliverEncoder
+from handlers.amqp.mapping import delivery_fields, message_to_amqp
 from handlers.amqp.priority import PRIORITY_LOOKAHEAD, PriorityBuffer
 
 if TYPE_CHECKING:
@@ -175,18 +177,22 @@ class DeliveryMixin:
                                       permits)
             return
         deliveries = chan.deliveries
+        encoder = DeliverEncoder(chan.number, consumer.tag)
+        conn = self.conn
         try:
             core.flow(permits)
             while True:
                 delivery = await core.receive()
                 while not deliveries.has_credit(consumer):
                     await chan.credit.wait()
-                self._deliver(chan, consumer, core, delivery, source)
-                sent = 1
-                while (sent < DELIVERY_BATCH and core.queued
+                out = [self._deliver(chan, consumer, core, delivery, source, encoder)]
+                while (len(out) < DELIVERY_BATCH and core.queued
                        and deliveries.has_credit(consumer)):
-                    self._deliver(chan, consumer, core, core.receive_nowait(), source)
-                    sent += 1
+                    out.append(
+                        self._deliver(chan, consumer, core, core.receive_nowait(), source,
+                                      encoder))
+                sent = len(out)
+                conn.send_encoded_contents(chan.number, out)
                 await self._flush()
                 if not core.closed:
                     core.flow(sent)
@@ -201,6 +207,7 @@ class DeliveryMixin:
         """:meth:`_pump` for a priority queue: the highest priority held goes out first."""
         buffer = PriorityBuffer(max_priority)
         deliveries = chan.deliveries
+        encoder = DeliverEncoder(chan.number, consumer.tag)
         try:
             core.flow(permits)
             while True:
@@ -214,9 +221,11 @@ class DeliveryMixin:
                 while core.queued:  # arrived while waiting for credit
                     buffer.push(core.receive_nowait())
                 sent = 0
+                out = []
                 while buffer and sent < DELIVERY_BATCH and deliveries.has_credit(consumer):
-                    self._deliver(chan, consumer, core, buffer.pop(), source)
+                    out.append(self._deliver(chan, consumer, core, buffer.pop(), source, encoder))
                     sent += 1
+                self.conn.send_encoded_contents(chan.number, out)
                 await self._flush()
                 if not core.closed:
                     core.flow(sent)
@@ -230,16 +239,18 @@ class DeliveryMixin:
                 core.close("consumer cancelled")
 
     def _deliver(self, chan: Channel, consumer: AmqpConsumer, core: Consumer,
-                 delivery: Delivery, source: str) -> None:
-        out = message_to_amqp(delivery.message)
+                 delivery: Delivery, source: str, encoder: DeliverEncoder) -> bytes:
+        """Record one delivery and return its frames (for ``send_encoded_contents``)."""
+        message = delivery.message
+        routing_key, properties, body = delivery_fields(message)
         if consumer.no_ack:
             tag = chan.deliveries.next_tag()
             core.ack(delivery.partition, delivery.offset)
         else:
             tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
-                                            consumer.queue, consumer, delivery.message, source)
-        self.conn.send_deliver(chan.number, consumer.tag, tag, delivery.redelivery_count > 0,
-                               source, out.routing_key, out.properties, out.body)
+                                            consumer.queue, consumer, message, source)
+        return encoder.encode(tag, delivery.redelivery_count > 0, source, routing_key,
+                              properties, body, self.conn.frame_max)
 
     async def _basic_cancel(self, chan: Channel, m: commands.Basic.Cancel) -> None:
         consumer = chan.deliveries.consumers.pop(m.consumer_tag or "", None)

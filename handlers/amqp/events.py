@@ -1,4 +1,5 @@
-"""What the AMQP server state machine reports upward: frozen dataclasses, one per kind of event.
+"""What the AMQP server state machine reports upward: one immutable type per kind of event
+(frozen dataclasses; :class:`Publish`, made once per message, is a named tuple: cheaper to build).
 
 The session calls :meth:`ServerConnection.next_event` until it returns ``None`` and reacts:
 
@@ -15,7 +16,7 @@ The session calls :meth:`ServerConnection.next_event` until it returns ``None`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pamqp import base, commands, common
 
@@ -81,14 +82,19 @@ class ChannelFlow:
     active: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """A complete ``basic.publish``: method, content header properties and the whole body."""
+class Publish(NamedTuple):
+    """A complete ``basic.publish``: method, content header properties and the whole body.
+
+    ``raw_properties`` is the property flags and list as received (``b""`` when unknown); equal
+    raw bytes mean equal properties, which lets the session map them once for many messages.
+    The ``properties`` object may be shared by several events: treat it as read-only.
+    """
 
     channel: int
     method: commands.Basic.Publish
     properties: commands.Basic.Properties
     body: bytes
+    raw_properties: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,12 @@ helpers here turn every one of them into our typed :class:`AMQPConnectionError`.
 Hot path: ``basic.publish`` method payloads and content headers whose properties are all short
 strings or octets are decoded here with :mod:`struct` and slicing when the bytes are well-formed
 and consumed exactly; anything else (headers tables, timestamps, trailing bytes, bad UTF-8,
-truncation) falls back to pamqp, so every error and every edge case keeps pamqp's answer.  On
-the way out, :func:`encode_deliver` builds ``basic.deliver`` + content header + body frames
-into one buffer, byte for byte what pamqp would marshal.
+truncation) falls back to pamqp, so every error and every edge case keeps pamqp's answer;
+``basic.ack`` (fixed layout) is read the same way.  :meth:`FrameReader.peek_publish` finds a
+whole publish (method, header and body frames) in the buffer so the connection can take it in
+one step.  On the way out, :func:`encode_deliver` and :class:`DeliverEncoder` (which keeps the
+per-consumer parts encoded) build ``basic.deliver`` + content header + body frames into one
+buffer, byte for byte what pamqp would marshal.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ _HEARTBEAT = bytes([FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END])
 _END = bytes([FRAME_END])
 _SHORT = struct.Struct(">H")
 _LONGLONG = struct.Struct(">Q")
+_SIGNED_LONGLONG = struct.Struct(">q")
 _PUBLISH_IDS = _METHOD_ID.pack(60, 40)
 _DELIVER_IDS = _METHOD_ID.pack(60, 60)
+_ACK_IDS = _METHOD_ID.pack(60, 80)
 _BASIC_CLASS = 60
 _NO_PROPERTIES = b"\x00\x00"
 # Basic properties in wire order: (attribute, flag bit, is a shortstr (else an octet)).  The
@@ -88,32 +93,45 @@ class FrameReader:
     :meth:`next_frame` before feeding more once it is reached (``feed`` raises
     :class:`LocalProtocolError` otherwise).  A single incomplete frame never needs more than
     ``frame_max`` bytes, since oversized frames are rejected from their header alone.
+
+    How it works: the buffer is an immutable ``bytes`` with a read position.  Frames are cut
+    by slicing (one copy per payload, none for the buffer); ``feed`` takes received bytes as
+    they are when everything before was consumed, and otherwise copies only the unread tail.
     """
+
+    __slots__ = ("_buf", "_pos", "frame_max", "max_buffer")
 
     def __init__(self, frame_max: int, max_buffer: int) -> None:
         if frame_max < FRAME_MIN_SIZE:
             raise ValueError(f"frame_max must be >= {FRAME_MIN_SIZE}")
-        self._buf = bytearray()
+        self._buf = b""
+        self._pos = 0
         self.frame_max = frame_max
         self.max_buffer = max(max_buffer, frame_max)
 
     @property
     def buffered(self) -> int:
         """How many received bytes are not yet consumed."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
-        if len(self._buf) + len(data) > self.max_buffer + self.frame_max:
+        held = len(self._buf) - self._pos
+        if held + len(data) > self.max_buffer + self.frame_max:
             raise LocalProtocolError(
-                f"receive buffer would hold {len(self._buf) + len(data)} bytes: "
+                f"receive buffer would hold {held + len(data)} bytes: "
                 "drain next_event() before feeding more data"
             )
-        self._buf += data
+        if held:
+            self._buf = self._buf[self._pos :] + data
+        else:
+            self._buf = data if type(data) is bytes else bytes(data)
+        self._pos = 0
 
     def discard(self) -> None:
         """Drop everything buffered (after a fatal framing error)."""
-        self._buf.clear()
+        self._buf = b""
+        self._pos = 0
 
     def read_protocol_header(self) -> bytes | None:
         """The 8-byte protocol header, or ``None`` if more bytes are needed.
@@ -121,10 +139,11 @@ class FrameReader:
         Returns early with fewer than 8 bytes as soon as they cannot be a prefix of
         :data:`PROTOCOL_HEADER` (an HTTP request, TLS hello …), so the caller can answer at once.
         """
-        head = bytes(self._buf[:8])
+        pos = self._pos
+        head = self._buf[pos : pos + 8]
         if len(head) < 8 and PROTOCOL_HEADER.startswith(head):
             return None
-        del self._buf[:8]
+        self._pos = pos + len(head)
         return head
 
     def next_frame(self) -> RawFrame | None:
@@ -134,9 +153,10 @@ class FrameReader:
         octet.
         """
         buf = self._buf
-        if len(buf) < 7:
+        pos = self._pos
+        if len(buf) - pos < 7:
             return None
-        frame_type, channel, size = _HEADER.unpack_from(buf)
+        frame_type, channel, size = _HEADER.unpack_from(buf, pos)
         if frame_type not in _FRAME_TYPES:
             raise FrameError(f"unknown frame type {frame_type}")
         if size > self.frame_max - FRAME_OVERHEAD:
@@ -144,14 +164,61 @@ class FrameReader:
                 f"frame size {size} exceeds frame_max {self.frame_max} "
                 f"(payload limit {self.frame_max - FRAME_OVERHEAD})"
             )
-        end = 7 + size
-        if len(buf) < end + 1:
+        end = pos + 7 + size
+        if len(buf) <= end:
             return None
         if buf[end] != FRAME_END:
             raise FrameError(f"bad frame end octet 0x{buf[end]:02x} (expected 0xce)")
-        payload = bytes(buf[7:end])
-        del buf[: end + 1]
-        return RawFrame(frame_type, channel, payload)
+        self._pos = end + 1
+        return RawFrame(frame_type, channel, buf[pos + 7 : end])
+
+
+    def peek_publish(self) -> tuple[int, bytes, bytes, bytes, int] | None:
+        """A whole ``basic.publish`` at the read position, without consuming it.
+
+        When the buffer starts with a well-formed ``basic.publish`` method frame, its content
+        header and (unless the body is empty) exactly one body frame holding the whole body,
+        all on one channel and within frame-max: ``(channel, method payload, content header
+        payload, body, end)``; pass ``end`` to :meth:`commit` to consume them.  ``None`` for
+        anything else (more bytes needed, another frame, a framing error): read frame by frame
+        with :meth:`next_frame` then, which judges it.
+        """
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        limit = self.frame_max - FRAME_OVERHEAD
+        if size - pos < 11:
+            return None
+        frame_type, channel, length = _HEADER.unpack_from(buf, pos)
+        method_end = pos + 7 + length
+        if (frame_type != FRAME_METHOD or length > limit or size <= method_end + 7
+                or buf[method_end] != FRAME_END or buf[pos + 7 : pos + 11] != _PUBLISH_IDS):
+            return None
+        at = method_end + 1
+        frame_type, header_channel, length = _HEADER.unpack_from(buf, at)
+        header_end = at + 7 + length
+        if (frame_type != FRAME_HEADER or header_channel != channel or length > limit
+                or length < _CONTENT_HEADER.size + 2 or size <= header_end
+                or buf[header_end] != FRAME_END):
+            return None
+        body_size = _LONGLONG.unpack_from(buf, at + 11)[0]
+        method = buf[pos + 7 : method_end]
+        content = buf[at + 7 : header_end]
+        at = header_end + 1
+        if not body_size:
+            return channel, method, content, b"", at
+        if size < at + 7:
+            return None
+        frame_type, body_channel, length = _HEADER.unpack_from(buf, at)
+        body_end = at + 7 + length
+        if (frame_type != FRAME_BODY or body_channel != channel or length != body_size
+                or length > limit or size <= body_end or buf[body_end] != FRAME_END):
+            return None
+        return channel, method, content, buf[at + 7 : body_end], body_end + 1
+
+    def commit(self, end: int) -> None:
+        """Consume up to ``end`` as returned by :meth:`peek_publish`."""
+        self._pos = end
 
 
 def method_ids(payload: bytes) -> tuple[int, int]:
@@ -168,10 +235,16 @@ def decode_method(payload: bytes) -> base.Frame:
     Unknown class/method ids → 540 NOT_IMPLEMENTED; undecodable arguments → 501 FRAME_ERROR
     (RabbitMQ answers "cannot decode" with frame_error too).
     """
-    if payload[:4] == _PUBLISH_IDS:
+    ids = payload[:4]
+    if ids == _PUBLISH_IDS:
         publish = decode_publish_fast(payload)
         if publish is not None:
             return publish
+    elif ids == _ACK_IDS and len(payload) == 13:  # basic.ack: delivery-tag, multiple bit
+        ack = commands.Basic.Ack.__new__(commands.Basic.Ack)
+        ack.delivery_tag = _SIGNED_LONGLONG.unpack_from(payload, 4)[0]  # as pamqp reads it
+        ack.multiple = bool(payload[12] & 1)
+        return ack
     if len(payload) < 4:
         raise AMQPConnectionError(ReplyCode.FRAME_ERROR, "method frame shorter than 4 bytes")
     class_id, method_id = method_ids(payload)
@@ -260,6 +333,12 @@ def decode_properties_fast(payload: bytes) -> commands.Basic.Properties | None:
     except (IndexError, UnicodeDecodeError):
         return None
     return properties if at == size else None
+
+
+#: A content header payload's fixed start: class id, weight, body size.
+CONTENT_HEADER = _CONTENT_HEADER
+#: Bytes of a content header payload before its property flags (class, weight, body size).
+CONTENT_HEADER_SIZE = _CONTENT_HEADER.size
 
 
 def decode_content_header(payload: bytes) -> tuple[int, int, commands.Basic.Properties]:
@@ -440,3 +519,88 @@ def encode_deliver(
 def encode_heartbeat() -> bytes:
     """A heartbeat frame (always on channel 0)."""
     return _HEARTBEAT
+
+
+_DELIVER_TAIL = struct.Struct(">QB")
+_CONTENT_HEADER_FRAME = struct.Struct(">BHIHHQ")
+#: (exchange, routing key) prefixes a :class:`DeliverEncoder` keeps before starting over
+DELIVER_PREFIX_CACHE = 256
+
+
+class DeliverEncoder:
+    """``basic.deliver`` frames for one consumer tag on one channel, the bytes of
+    :func:`encode_deliver`.
+
+    The parts that do not change between deliveries (frame header, ids and consumer tag; the
+    exchange and routing key) are encoded once per (exchange, routing key) and kept in a
+    bounded cache, so a delivery costs two packs and one join.
+    """
+
+    __slots__ = ("_channel", "_prefixes", "_tag")
+
+    def __init__(self, channel: int, consumer_tag: str) -> None:
+        if not 0 < channel <= 0xFFFF:
+            raise LocalProtocolError(f"content cannot be sent on channel {channel}")
+        self._channel = channel
+        self._tag = _shortstr(consumer_tag, "consumer tag")
+        self._prefixes: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+
+    def _prefix(self, exchange: str, routing_key: str) -> tuple[bytes, bytes]:
+        names = _shortstr(exchange, "exchange") + _shortstr(routing_key, "routing key")
+        size = len(_DELIVER_IDS) + len(self._tag) + _DELIVER_TAIL.size + len(names)
+        parts = (
+            _HEADER.pack(FRAME_METHOD, self._channel, size) + _DELIVER_IDS + self._tag,
+            names + _END,
+        )
+        if len(self._prefixes) >= DELIVER_PREFIX_CACHE:
+            self._prefixes.clear()
+        self._prefixes[(exchange, routing_key)] = parts
+        return parts
+
+    def encode(
+        self,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        properties: bytes,
+        payload: bytes,
+        frame_max: int,
+    ) -> bytes:
+        """The frames of one delivery; ``properties`` as :func:`encode_properties` writes them."""
+        head, names = self._prefixes.get((exchange, routing_key)) or self._prefix(
+            exchange, routing_key
+        )
+        if not 0 <= delivery_tag <= 0xFFFFFFFFFFFFFFFF:
+            raise LocalProtocolError(f"delivery tag {delivery_tag} out of range")
+        size = len(payload)
+        channel = self._channel
+        if size > frame_max - FRAME_OVERHEAD or frame_max < FRAME_MIN_SIZE:
+            return encode_content_frames(
+                channel,
+                head[7:] + _DELIVER_TAIL.pack(delivery_tag, redelivered) + names[:-1],
+                properties,
+                payload,
+                frame_max,
+            )
+        content = _CONTENT_HEADER_FRAME.pack(
+            FRAME_HEADER, channel, _CONTENT_HEADER.size + len(properties), _BASIC_CLASS, 0, size
+        )
+        if not size:
+            return b"".join(
+                (head, _DELIVER_TAIL.pack(delivery_tag, redelivered), names, content,
+                 properties, _END)
+            )
+        return b"".join(
+            (
+                head,
+                _DELIVER_TAIL.pack(delivery_tag, redelivered),
+                names,
+                content,
+                properties,
+                _END,
+                _HEADER.pack(FRAME_BODY, channel, size),
+                payload,
+                _END,
+            )
+        )

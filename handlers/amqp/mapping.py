@@ -61,6 +61,7 @@ from pamqp import commands, common, decode, encode
 from core import headers as h
 from core.records import Message
 from handlers.amqp.events import Publish
+from handlers.amqp.frames import encode_properties
 
 SHORTSTR_MAX = 255
 TABLE_KEY_MAX = 128
@@ -97,11 +98,31 @@ class AmqpDelivery:
 # --- publish -> message -------------------------------------------------------------------------
 
 
+#: raw property lists whose headers :func:`publish_to_message` keeps (bounded, then cleared)
+PUBLISH_CACHE_SIZE = 512
+_publish_cache: dict[bytes, tuple[tuple[str, bytes], ...]] = {}
+
+
 def publish_to_message(publish: Publish, timestamp_ms: int) -> Message:
-    """The message for a complete ``basic.publish``, stamped with the broker's ``timestamp_ms``."""
-    return properties_to_message(
-        publish.method.routing_key, publish.properties, publish.body, timestamp_ms
-    )
+    """The message for a complete ``basic.publish``, stamped with the broker's ``timestamp_ms``.
+
+    The headers depend on the properties alone, so when the event carries the raw property
+    bytes they are computed once per distinct property list (a bounded cache).
+    """
+    raw = publish.raw_properties
+    if not raw:
+        return properties_to_message(
+            publish.method.routing_key, publish.properties, publish.body, timestamp_ms
+        )
+    found = _publish_cache.get(raw)
+    if found is None:
+        found = tuple(properties_to_message("", publish.properties, b"", 0).headers)
+        if len(_publish_cache) >= PUBLISH_CACHE_SIZE:
+            _publish_cache.clear()
+        _publish_cache[raw] = found
+    routing_key = publish.method.routing_key
+    key = routing_key.encode("utf-8") if routing_key else None
+    return Message(key, publish.body, list(found), timestamp_ms)
 
 
 def properties_to_message(
@@ -349,6 +370,36 @@ def message_to_amqp(message: Message) -> AmqpDelivery:
         props.headers = table
     body = message.value if message.value is not None else b""
     return AmqpDelivery(routing_key, props, body)
+
+
+#: (key, headers) -> (routing key, encoded properties) entries kept by :func:`delivery_fields`
+DELIVERY_CACHE_SIZE = 512
+_DELIVERY_CACHE_HEADERS = 4
+_delivery_cache: dict[tuple[bytes | None, tuple[tuple[str, bytes], ...]], tuple[str, bytes]] = {}
+
+
+def delivery_fields(message: Message) -> tuple[str, bytes, bytes]:
+    """Routing key, encoded content properties (flags and list) and body for a delivery.
+
+    The same as :func:`message_to_amqp` followed by
+    :func:`~handlers.amqp.frames.encode_properties`, but messages with few headers share the
+    result through a bounded cache keyed by their key and headers: a stream of messages from
+    one publisher usually repeats the same few properties (delivery mode, content type).
+    """
+    headers = message.headers
+    body = message.value if message.value is not None else b""
+    if len(headers) > _DELIVERY_CACHE_HEADERS:
+        out = message_to_amqp(message)
+        return out.routing_key, encode_properties(out.properties), body
+    cache_key = (message.key, tuple(headers))
+    found = _delivery_cache.get(cache_key)
+    if found is None:
+        out = message_to_amqp(message)
+        found = (out.routing_key, encode_properties(out.properties))
+        if len(_delivery_cache) >= DELIVERY_CACHE_SIZE:
+            _delivery_cache.clear()
+        _delivery_cache[cache_key] = found
+    return found[0], found[1], body
 
 
 def _restore_typed(blob: bytes, table: common.FieldTable, repeated: list[str]) -> None:

@@ -13,6 +13,11 @@ One nursery per connection holds:
 * one **consumer** task per ``basic.consume`` with a delivery pump per source exchange
   (:mod:`handlers.amqp.delivery`).
 
+Per-batch work on the publish path: one read (up to :data:`RECEIVE_SIZE`) becomes one batch;
+routes come from the registry's cache, the ``x-max-length`` checks run only while some queue
+of the vhost has a limit, and the confirms of a batch go out as one ``multiple`` ack per
+channel and run (:class:`~handlers.amqp.broker.confirms.ConfirmTracker`).
+
 Memory alarm (:mod:`handlers.amqp.memory`): when a read brought a ``basic.publish`` while the
 broker-wide alarm is raised, the reader stores it, sends ``connection.blocked`` (if the client
 announced the capability) and stops reading the socket until the alarm clears, then sends
@@ -47,7 +52,7 @@ from core.records import Message
 from core.subscriptions import SubscriptionError
 from core.transactions import TransactionError
 from handlers.amqp.broker.bindings import DestinationKind
-from handlers.amqp.broker.registry import Route
+from handlers.amqp.broker.registry import Registry, Route
 from handlers.amqp.broker.vhosts import VhostDirectory, VirtualHost
 from handlers.amqp.channels import Channel
 from handlers.amqp.connection import ServerConnection, ServerSettings
@@ -74,7 +79,12 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
-RECEIVE_SIZE = 65536
+#: bytes asked for per read; a read that fills it means a backlog, and the next read asks for
+#: up to :data:`RECEIVE_SIZE_BACKLOG` (capped by the connection's receive buffer): a bigger read
+#: is a bigger append, and the per-append costs (group commit, thread hand-off) are per read.
+#: (Not always the big size: asking for more than ~128 KiB costs an mmap per read.)
+RECEIVE_SIZE = 64 * 1024
+RECEIVE_SIZE_BACKLOG = 256 * 1024
 _connection_ids = iter(range(1, 2**62))
 
 
@@ -96,6 +106,8 @@ class AmqpSession(TxMixin):
         self.vhosts = vhosts
         self.core = vhosts.core
         self.conn = ServerConnection(settings)
+        self._receive_max = max(RECEIVE_SIZE, min(RECEIVE_SIZE_BACKLOG,
+                                                  settings.max_receive_buffer))
         self.id = next(_connection_ids)
         self.peer = f"{info.peer_host}:{info.peer_port}"
         self._stopping = stopping
@@ -105,6 +117,7 @@ class AmqpSession(TxMixin):
         self._written = trio.Event()
         self._flush_requests = 0
         self._flushed = 0
+        self._writing = False
         self._last_sent = 0.0
         self._nursery: trio.Nursery | None = None
         self._publishes: list[Publish] = []
@@ -160,12 +173,14 @@ class AmqpSession(TxMixin):
         return math.inf
 
     async def _read_loop(self) -> ConnectionClosed:
+        size = RECEIVE_SIZE
         while True:
             with trio.move_on_after(self._receive_timeout()) as scope:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self.stream.receive_some(size)
             if scope.cancelled_caught:
                 self.conn.timer_expired()
             else:
+                size = self._receive_max if len(data) >= size else RECEIVE_SIZE
                 self.conn.receive_data(bytes(data))
             closed = await self._handle_events()
             await self._flush()
@@ -201,6 +216,9 @@ class AmqpSession(TxMixin):
         Only the writer touches the socket, so a task cancelled while it waits here (a
         cancelled consumer, say) never loses bytes that other tasks queued.
         """
+        if not self._writing and not self.conn.has_data_to_send:
+            await trio.lowlevel.checkpoint()
+            return  # nothing queued, nothing being written: spare the writer a wake-up
         self._flush_requests += 1
         wanted = self._flush_requests
         self._kick.set()
@@ -217,7 +235,11 @@ class AmqpSession(TxMixin):
             upto = self._flush_requests
             data = self.conn.data_to_send()
             if data:
-                await self.stream.send_all(data)
+                self._writing = True
+                try:
+                    await self.stream.send_all(data)
+                finally:
+                    self._writing = False
                 self._last_sent = trio.current_time()
             self._flushed = upto
             written, self._written = self._written, trio.Event()
@@ -388,12 +410,16 @@ class AmqpSession(TxMixin):
         failed: set[int] = set()
         transactional: dict[Channel, list[tuple[Publish, Message, Route]]] = {}
         now = wall_clock_ms()
+        vhost = self.vhost
+        registry = vhost.registry
+        # x-max-length checks cost an await per message: only when some queue has a limit
+        limited = registry.length_limited > 0
         for publish in batch:
             chan = self._channels.get(publish.channel)
             if chan is None or chan.closed or publish.channel in failed:
                 continue
             try:
-                message, route = self._route(publish, now)
+                message, route = self._route(publish, now, registry)
             except AMQPChannelError as exc:
                 failed.add(publish.channel)
                 self.conn.close_channel(publish.channel, exc.reply_code, exc.reply_text,
@@ -404,7 +430,7 @@ class AmqpSession(TxMixin):
                 transactional.setdefault(chan, []).append((publish, message, route))
                 continue
             seq = chan.confirms.publish() if chan.confirms is not None else None
-            if await self.vhost.refuses(route, pending):
+            if limited and await vhost.refuses(route, pending):
                 refused.append((chan, seq))  # x-overflow=reject-publish: nacked, not stored
                 continue
             accepted.append((chan, publish, message, route, seq))
@@ -413,8 +439,9 @@ class AmqpSession(TxMixin):
         ok = True
         if accepted:
             try:
-                await self.vhost.store([(msg, route) for _, _, msg, route, _ in accepted])
-                await self.vhost.trim([route for _, _, _, route, _ in accepted])
+                await vhost.store([(msg, route) for _, _, msg, route, _ in accepted])
+                if limited:
+                    await vhost.trim([route for _, _, _, route, _ in accepted])
             except (CoreError, SubscriptionError) as exc:
                 ok = False
                 log.warning("amqp %s: storing %d published message(s) failed: %s", self.peer,
@@ -462,15 +489,17 @@ class AmqpSession(TxMixin):
             self.conn.close_channel(chan.number, code, text, 60, 40)
             await self._drop_channel(chan)
 
-    def _route(self, publish: Publish, now_ms: int) -> tuple[Message, Route]:
-        exchange = self.vhost.registry.exchange(publish.method.exchange, 60, 40)
+    def _route(self, publish: Publish, now_ms: int, registry: Registry) -> tuple[Message, Route]:
+        method = publish.method
+        exchange = registry.exchange(method.exchange, 60, 40)
         if exchange.internal:
             raise AMQPChannelError(
                 ReplyCode.ACCESS_REFUSED,
                 f"cannot publish to internal exchange '{exchange.name}' in vhost "
                 f"'{self.vhost.name}'", 60, 40)
         message = publish_to_message(publish, now_ms)
-        return message, self.vhost.route(exchange.name, message)
+        # the routing key as published (what the message key decodes back to)
+        return message, registry.route(exchange.name, method.routing_key, message.headers)
 
     # ------------------------------------------------------------------ channel end
 

@@ -53,6 +53,13 @@ class ConfirmTracker:
 
     def settle(self, tags: Iterable[int], ack: bool) -> list[Confirm]:
         """Mark ``tags`` acked (or nacked); return the frames that can be sent now."""
+        if isinstance(tags, list) and tags and not self._settled:
+            # the common case: one run of consecutive numbers from the low-water mark
+            first, last = tags[0], tags[-1]
+            if (first == self._low and last < self._next
+                    and tags == list(range(first, last + 1))):
+                self._low = last + 1
+                return [Confirm(last, last > first, ack)]
         for tag in tags:
             if not self._low <= tag < self._next:
                 raise ValueError(f"tag {tag} is not outstanding")

@@ -118,7 +118,14 @@ class ChannelDeliveries:
         PRECONDITION_FAILED (a channel error), as in RabbitMQ.
         """
         if multiple:
-            tags = [t for t in self._unacked if delivery_tag == 0 or t <= delivery_tag]
+            if delivery_tag == 0:
+                tags = list(self._unacked)
+            else:
+                tags = []
+                for t in self._unacked:  # in tag order (restore keeps it sorted)
+                    if t > delivery_tag:
+                        break
+                    tags.append(t)
             if delivery_tag and delivery_tag not in self._unacked and not tags:
                 raise _unknown(delivery_tag, method_id)
         else:

@@ -35,9 +35,16 @@ __all__ = ["Registry", "Route"]
 DEFAULT_EXCHANGE = ""
 
 
+#: routes :meth:`Registry.route` keeps per (exchange, routing key) until the model changes
+ROUTE_CACHE_SIZE = 1024
+
+
 @dataclass(slots=True)
 class Route:
-    """Where one message goes: exchanges whose topics get it, and the queues that match."""
+    """Where one message goes: exchanges whose topics get it, and the queues that match.
+
+    Routes returned by :meth:`Registry.route` may be shared by many messages: read-only.
+    """
 
     exchanges: list[str] = field(default_factory=list)
     queues: set[str] = field(default_factory=set)
@@ -70,6 +77,9 @@ class Registry:
         for name, type_ in PREDECLARED.items():
             self.exchanges[name] = Exchange(name, type_)
         self.queues: dict[str, Queue] = {}
+        #: how many queues have ``x-max-length`` (publishes skip the length checks at 0)
+        self.length_limited = 0
+        self._routes: dict[tuple[str, str], Route] = {}
         self._by_source: dict[str, set[Binding]] = {}
         self._by_destination: dict[tuple[DestinationKind, str], set[Binding]] = {}
 
@@ -142,6 +152,7 @@ class Registry:
             return found, False
         exchange = Exchange(name, type_, durable, auto_delete, internal, dict(arguments))
         self.exchanges[name] = exchange
+        self._routes.clear()
         return exchange, True
 
     def delete_exchange(self, name: str, if_unused: bool) -> list[Binding]:
@@ -162,19 +173,29 @@ class Registry:
         for b in removed:
             self._remove_binding(b)
         del self.exchanges[name]
+        self._routes.clear()
         return removed
 
     # ------------------------------------------------------------ queues
 
     def add_queue(self, queue: Queue) -> None:
+        old = self.queues.get(queue.name)
+        if old is not None and old.parsed.max_length is not None:
+            self.length_limited -= 1
         self.queues[queue.name] = queue
+        if queue.parsed.max_length is not None:
+            self.length_limited += 1
+        self._routes.clear()
 
     def remove_queue(self, name: str) -> list[Binding]:
         """Forget a queue and its bindings; returns the bindings."""
         removed = list(self.bindings_to(DestinationKind.QUEUE, name))
         for b in removed:
             self._remove_binding(b)
-        self.queues.pop(name, None)
+        old = self.queues.pop(name, None)
+        if old is not None and old.parsed.max_length is not None:
+            self.length_limited -= 1
+        self._routes.clear()
         return removed
 
     # ------------------------------------------------------------ bindings
@@ -184,6 +205,7 @@ class Registry:
         if binding in self.bindings_from(binding.source):
             return False
         self._by_source.setdefault(binding.source, set()).add(binding)
+        self._routes.clear()
         self._by_destination.setdefault((binding.kind, binding.destination), set()).add(binding)
         return True
 
@@ -192,6 +214,7 @@ class Registry:
         if found is None or binding not in found:
             return False
         found.discard(binding)
+        self._routes.clear()
         if not found:
             del self._by_source[binding.source]
         key = (binding.kind, binding.destination)
@@ -208,16 +231,31 @@ class Registry:
 
     # ------------------------------------------------------------ routing
 
+    def forget_routes(self) -> None:
+        """Drop cached routes (call after changing :attr:`exchanges` or :attr:`queues` directly)."""
+        self._routes.clear()
+
     def route(
         self, exchange: str, routing_key: str, headers: Sequence[tuple[str, bytes]]
     ) -> Route:
-        """Route one message published to ``exchange`` (which must exist)."""
+        """Route one message published to ``exchange`` (which must exist).
+
+        Routes that do not depend on headers (no headers exchange on the way) are cached per
+        (exchange, routing key) until an exchange, queue or binding changes.
+        """
+        cache_key = (exchange, routing_key)
+        found = self._routes.get(cache_key)
+        if found is not None:
+            return found
         route = Route()
         if exchange == DEFAULT_EXCHANGE:
             if routing_key in self.queues:
                 route.direct_queue = routing_key
+        elif not self._route_into(exchange, routing_key, headers, route, set()):
             return route
-        self._route_into(exchange, routing_key, headers, route, set())
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[cache_key] = route
         return route
 
     def _route_into(
@@ -227,12 +265,14 @@ class Registry:
         headers: Sequence[tuple[str, bytes]],
         route: Route,
         seen: set[str],
-    ) -> None:
+    ) -> bool:
+        """Add ``name``'s part of the route; False if headers decided any of it."""
         if name in seen:
-            return
+            return True
         exchange = self.exchanges.get(name)
         if exchange is None or name == DEFAULT_EXCHANGE:
-            return
+            return True
+        cacheable = exchange.type is not ExchangeType.HEADERS
         seen.add(name)
         route.exchanges.append(name)
         before = len(route.queues)
@@ -242,8 +282,10 @@ class Registry:
             if b.kind is DestinationKind.QUEUE:
                 if b.destination in self.queues:
                     route.queues.add(b.destination)
-            else:
-                self._route_into(b.destination, routing_key, headers, route, seen)
+            elif not self._route_into(b.destination, routing_key, headers, route, seen):
+                cacheable = False
         alternate = exchange.alternate_exchange
-        if len(route.queues) == before and alternate is not None:
-            self._route_into(alternate, routing_key, headers, route, seen)
+        if (len(route.queues) == before and alternate is not None
+                and not self._route_into(alternate, routing_key, headers, route, seen)):
+            cacheable = False
+        return cacheable
