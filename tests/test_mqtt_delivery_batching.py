@@ -13,6 +13,8 @@ from handlers.mqtt import (
     Connect,
     Disconnect,
     Packet,
+    PingReq,
+    PingResp,
     Properties,
     PubAck,
     PubComp,
@@ -99,3 +101,15 @@ async def test_topic_aliases_assigned_within_one_burst(gw: Gateway) -> None:
     assert [(p.topic, p.properties.topic_alias, bytes(p.payload)) for p in got] == [
         ("ba/a", 1, b"ba/a"), ("", 1, b"ba/a"), ("ba/b", 2, b"ba/b"), ("ba/c", None, b"ba/c"),
         ("", 2, b"ba/b"), ("", 1, b"ba/a")]
+
+
+async def test_reads_during_an_append_keep_the_acks_in_order(gw: Gateway) -> None:
+    """The reader reads on while the storer appends: PUBACKs still follow the PUBLISH order
+    and a later packet (PINGREQ) is answered after them."""
+    pub, _ = await gw.connect(Connect("order", MQTT_5))
+    for i in range(40):  # separate writes: separate reads, merged by the storer or not
+        await pub.send(Publish("ord/a", b"%d" % i, 1, packet_id=i + 1))
+    await pub.send(PingReq())
+    assert [await pub.recv() for _ in range(41)] == [PubAck(i + 1) for i in range(40)] + [
+        PingResp()]
+    assert [m.value for m in await gw.messages("ord")] == [b"%d" % i for i in range(40)]

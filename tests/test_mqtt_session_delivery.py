@@ -355,7 +355,7 @@ async def test_slow_subscriber_qos0_is_dropped_and_counted() -> None:
         assert deliverer.dropped > 0
         # every QoS 0 message was either queued or dropped (the QoS 1 one may wait)
         assert 600 <= deliverer.dropped + deliverer.sent <= 601
-        assert session._send.statistics().current_buffer_used <= SEND_QUEUE
+        assert session._out.queued <= SEND_QUEUE
 
 
 async def test_wildcard_subscription_starts_at_the_end_of_existing_topics(gw: Gateway) -> None:

@@ -18,6 +18,16 @@ Batching: a consumer task takes everything its consumer has queued (up to
 item of its send channel (one socket write); it stops early only to wait for a Receive Maximum
 slot, after sending what is ready.  Settled messages are acknowledged with one ``ack_many`` per
 consumer partition (QoS 0 at once, QoS 1 per run of PUBACK packets the reader received together).
+Most messages were stored by an MQTT publish without properties: for those, when the client
+takes no topic aliases and the match carries no subscription identifier, the PUBLISH is written
+straight to bytes (:mod:`.hot_path`), with the topic's route (MQTT topic, its encoded field,
+the :class:`Match`) cached until the session's subscriptions change.  Everything else goes
+through :func:`~handlers.mqtt.mapping.message_to_publish` and the encoder.
+
+When the connection ends, the packet ids of unacknowledged QoS 1/2 deliveries are kept in the
+session (:meth:`SessionState.keep_for_resend`): the core redelivers those messages to the
+resumed session, which sends them again under their original ids with DUP set
+(MQTT-4.4.0-1).
 
 Flow control: each consumer holds at most :data:`WINDOW` permits, QoS 1/2 deliveries also take
 a slot of the client's Receive Maximum, and bytes go to the connection's bounded send channel.
@@ -46,6 +56,7 @@ from core.api import Core
 from core.errors import CoreError
 from core.headers import is_expired
 from core.names import NamespaceName, TopicName
+from core.records import Message
 from core.subscriptions import (
     Consumer,
     ConsumerClosed,
@@ -56,7 +67,9 @@ from core.subscriptions import (
 )
 from core.subscriptions.types import Delivery
 
+from .hot_path import encode_plain_publish, plain_headers, topic_field
 from .mapping import delivery_qos, message_to_publish
+from .packet_types import MQTT_5
 from .packets import Publish
 from .retained import RETAINED_TOPIC
 from .session_state import Match, SessionState
@@ -72,6 +85,7 @@ from .topic_mapping import (
 __all__ = [
     "DELIVERY_BATCH",
     "FLOW_BATCH",
+    "ROUTE_CACHE",
     "WINDOW",
     "Deliverer",
     "Sink",
@@ -88,6 +102,8 @@ WINDOW = 256
 FLOW_BATCH = 32
 #: deliveries of one consumer turned into packets and queued together
 DELIVERY_BATCH = 64
+#: (core topic, MQTT topic) routes a deliverer remembers for plain messages
+ROUTE_CACHE = 1024
 
 #: the core ack handle of one delivery
 Token = tuple[Consumer, int, int]
@@ -107,10 +123,15 @@ class Sink(Protocol):
 
     protocol_level: int
 
+    @property
+    def uses_topic_aliases(self) -> bool:
+        """Whether PUBLISH packets go through topic alias assignment (no bytes fast path)."""
+
     async def send_publishes(
-        self, packets: Sequence[Publish], *, droppable: bool
+        self, packets: Sequence[Publish | bytes], *, droppable: bool
     ) -> list[bool] | None:
-        """Encode ``packets`` and queue them as one item of the send channel.
+        """Encode ``packets`` (bytes: already encoded) and queue them as one item of the send
+        channel.
 
         With ``droppable`` (QoS 0 only) nothing waits: None when the channel is full
         (nothing queued).  Otherwise waits for room.  Returns, per packet, whether it was
@@ -213,6 +234,8 @@ class Deliverer:
         self._sync_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._resync = trio.Event()
+        self._routes: dict[tuple[str, str | None, bytes], tuple[str, bytes, Match | None]] = {}
+        self._routes_at = -1
         #: QoS 0 messages dropped because the client did not keep up
         self.dropped = 0
         #: messages sent
@@ -326,7 +349,15 @@ class Deliverer:
                     self._topic(name), core_subscription_name(self.state.client_id), force=True)
 
     def close(self) -> None:
-        """Close every consumer: unacknowledged messages go back to the core for redelivery."""
+        """Close every consumer: unacknowledged messages go back to the core for redelivery,
+        their packet ids are kept for that (:meth:`SessionState.keep_for_resend`)."""
+        where = {c.consumer_id: key for key, c in self._consumers.items()}
+        for flight in self.state.outbound.values():
+            if flight.token is not None:
+                consumer, partition, offset = flight.token
+                key = where.get(consumer.consumer_id)
+                if key is not None:
+                    self.state.keep_for_resend((*key, partition, offset), flight.packet_id)
         for consumer in self._consumers.values():
             consumer.close("client disconnected")
         self._consumers.clear()
@@ -434,20 +465,90 @@ class Deliverer:
         """Wait for a free slot of the client's Receive Maximum (released by acknowledged)."""
         await self._quota.acquire()
 
+    def _plain_route(
+        self, core_topic: str, shared: str | None, raw_topic: bytes, msg: Message
+    ) -> tuple[str, bytes, Match | None] | None:
+        """``(MQTT topic, its PUBLISH topic field, match)`` for a message stored under the MQTT
+        topic ``raw_topic`` (cached while the subscriptions stay the same); None when the
+        record's topic is not that name (the general path decides)."""
+        changes = self.state.subscription_changes
+        if changes != self._routes_at or len(self._routes) >= ROUTE_CACHE:
+            self._routes.clear()
+            self._routes_at = changes
+        key = (core_topic, shared, raw_topic)
+        route = self._routes.get(key)
+        if route is None:
+            try:
+                topic = record_to_mqtt_topic(core_topic, msg.key, msg.headers)
+            except TopicNotMappable:
+                return None
+            field = topic_field(topic)
+            if field[2:] != raw_topic:  # named by the key, not the header: not cacheable
+                return None
+            route = self._routes[key] = (topic, field, self.state.match(topic, shared))
+        return route
+
     async def _deliver(
         self, consumer: Consumer, core_topic: str, shared: str | None, batch: list[Delivery]
     ) -> None:
         """Turn a batch of deliveries into PUBLISH packets, queued with as few sends as the
-        Receive Maximum allows; QoS 0 packets are dropped (not waited for) on a full channel."""
+        Receive Maximum allows; QoS 0 packets are dropped (not waited for) on a full channel.
+
+        Messages stored by an MQTT publish without properties (most of them) are encoded
+        straight to bytes (:mod:`.hot_path`); the others go through :func:`message_to_publish`.
+        """
         level = self.sink.protocol_level
+        v5 = level == MQTT_5
+        plain_ok = not self.sink.uses_topic_aliases
         now = self._wall_ms()
-        packets: list[Publish] = []
+        packets: list[Publish | bytes] = []
         tokens: list[Token | None] = []  # None: QoS 0 (settled once queued or dropped)
         qos0: list[Token] = []
         matches: dict[str, Match | None] = {}  # messages of a batch often share a topic
+        last_raw: bytes | None = None  # the route of the previous plain message
+        last_route: tuple[str, bytes, Match | None] | None = None
         for d in batch:
             token: Token = (consumer, d.partition, d.offset)
             msg = d.message
+            plain = plain_headers(msg.headers) if plain_ok else None
+            route = None
+            if plain is not None:
+                if plain[0] == last_raw:
+                    route = last_route
+                else:
+                    route = self._plain_route(core_topic, shared, plain[0], msg)
+                    last_raw, last_route = (plain[0], route) if route is not None else (
+                        None, None)
+            if plain is not None and route is not None:
+                _, field, match = route
+                if match is None or (
+                        match.no_local and self.sink.is_local(core_topic, d.partition, d.offset)):
+                    self._settle(token)
+                    continue
+                if not (v5 and match.identifiers):
+                    qos = min(match.qos, plain[1])
+                    pid = None
+                    dup = False
+                    if qos:
+                        try:
+                            self._quota.acquire_nowait()
+                        except trio.WouldBlock:
+                            await self._flush(packets, tokens, qos0)
+                            packets, tokens, qos0 = [], [], []
+                            await self._quota.acquire()
+                        if consumer.closed:
+                            self._quota.release()
+                            return
+                        pid, dup = self._start(qos, token, core_topic, shared, d)
+                    packets.append(encode_plain_publish(
+                        field, msg.value if msg.value is not None else b"", qos,
+                        match.retain_as_published and plain[2], dup, pid, v5))
+                    if qos:
+                        tokens.append(token)
+                    else:
+                        tokens.append(None)
+                        qos0.append(token)
+                    continue
             try:
                 topic = record_to_mqtt_topic(core_topic, msg.key, msg.headers)
             except TopicNotMappable:
@@ -466,6 +567,7 @@ class Deliverer:
                 continue
             qos = delivery_qos(msg, match.qos)
             pid = None
+            dup = False
             if qos:
                 try:
                     self._quota.acquire_nowait()
@@ -477,12 +579,12 @@ class Deliverer:
                 if consumer.closed:
                     self._quota.release()
                     return
-                pid = self.state.start_outbound(qos, token)
+                pid, dup = self._start(qos, token, core_topic, shared, d)
             packet = message_to_publish(
                 msg, core_topic, granted_qos=qos, protocol_level=level,
                 retain_as_published=match.retain_as_published, packet_id=pid,
                 subscription_identifiers=match.identifiers, now_ms=now, topic=topic)
-            if qos and d.redelivery_count:
+            if dup:
                 packet = replace(packet, dup=True)
             packets.append(packet)
             if qos:
@@ -492,8 +594,19 @@ class Deliverer:
                 qos0.append(token)
         await self._flush(packets, tokens, qos0)
 
+    def _start(
+        self, qos: int, token: Token, core_topic: str, shared: str | None, d: Delivery
+    ) -> tuple[int, bool]:
+        """``(packet id, DUP)`` of a QoS 1/2 delivery: the original packet id when it is sent
+        again after a reconnect, else a fresh one; DUP for every redelivery."""
+        pid = None
+        if self.state.resend:
+            pid = self.state.resend_id((core_topic, shared, d.partition, d.offset))
+        return (self.state.start_outbound(qos, token, pid),
+                pid is not None or d.redelivery_count > 0)
+
     async def _flush(
-        self, packets: list[Publish], tokens: list[Token | None], qos0: list[Token]
+        self, packets: list[Publish | bytes], tokens: list[Token | None], qos0: list[Token]
     ) -> None:
         if not packets:
             return
@@ -502,13 +615,20 @@ class Deliverer:
         if queued is None:  # QoS 0 only, and the client does not keep up
             self.dropped += len(packets)
         else:
-            for packet, token, ok in zip(packets, tokens, queued, strict=True):
+            for token, ok in zip(tokens, queued, strict=True):
                 if ok:
                     self.sent += 1
                     continue
                 self.dropped += 1  # too large for the client: skipped
-                if token is not None and packet.packet_id is not None:
-                    self.state.outbound.pop(packet.packet_id, None)
+                if token is not None:
+                    self._forget_flight(token)
                     self.acknowledged(token)
         if qos0:
             self._settle_many(qos0)
+
+    def _forget_flight(self, token: Token) -> None:
+        outbound = self.state.outbound
+        for pid, flight in outbound.items():
+            if flight.token is token:
+                del outbound[pid]
+                return

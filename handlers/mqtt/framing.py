@@ -9,6 +9,12 @@ is rejected as malformed. A complete packet is cut from the buffer and decoded; 
 until it returns ``None`` before reading again, so the buffer never holds more than one
 partial packet plus one read.
 
+The two packets every QoS 1 message brings, PUBLISH without properties and PUBACK without a
+reason code, are read straight from the buffer once the protocol level is known (no copy of
+the packet, no general decoder); anything else, errors included, takes the general path, so
+the errors are the decoder's.  :meth:`PacketReader.take_pubacks` reads a run of such PUBACK
+packets as bare packet ids.
+
 The protocol level decides how packets after CONNECT decode. A server-side reader starts with
 none: the first packet must be CONNECT, and the level it carries is then in force; a second
 CONNECT is a protocol error. A client-side reader is told the level it sent. The reader also
@@ -22,13 +28,17 @@ from enum import Enum
 
 from .decoder import decode_packet
 from .errors import MalformedPacket, NeedMoreData, PacketTooLarge, ProtocolError
+from .hot_path import new_puback, new_publish
 from .packet_types import CLIENT_TO_SERVER, MQTT_5, MQTT_311, SERVER_TO_CLIENT, PacketType
 from .packets import Connect, Packet, Publish
 from .primitives import VARINT_MAX, decode_varint
+from .properties import EMPTY_PROPERTIES
 
 #: The largest packet the wire format can express: 1 byte type, 4 bytes length, body.
 ABSOLUTE_MAX_PACKET_SIZE = 1 + 4 + VARINT_MAX
 _CONNECT = int(PacketType.CONNECT)
+_PUBLISH = int(PacketType.PUBLISH)
+_PUBACK_FIRST = int(PacketType.PUBACK) << 4
 
 
 class Role(Enum):
@@ -100,6 +110,18 @@ class PacketReader:
         if size < total:
             return None
         first = buf[0]
+        if self._version is not None:
+            # the two packets of every QoS 1 message, in their common forms: no copies, no
+            # general decoder (anything unusual, errors included, takes the path below)
+            if first == _PUBACK_FIRST and remaining == 2 and (buf[2] or buf[3]):
+                packet_id = buf[2] << 8 | buf[3]
+                del buf[:4]
+                return new_puback(packet_id)
+            if first >> 4 == _PUBLISH:
+                fast = self._plain_publish(buf, first, start, total)
+                if fast is not None:
+                    del buf[:total]
+                    return fast
         self._check_type(first >> 4)
         data = bytes(buf[:total])
         del buf[:total]
@@ -116,6 +138,58 @@ class PacketReader:
         ):
             raise ProtocolError("a client PUBLISH must not carry a subscription identifier")
         return packet
+
+    def take_pubacks(self, into: list[int]) -> int:
+        """Consume the success PUBACK packets (no reason code, no properties) at the front of
+        the buffer, appending their packet ids to ``into``; returns how many.
+
+        A subscriber answers every QoS 1 delivery with one: this reads a run of them without
+        building packet objects.  Any other packet, a PUBACK in another form included, stops
+        the run and is left for :meth:`next_packet`.
+        """
+        if self._version is None:
+            return 0
+        buf = self._buffer
+        size = len(buf)
+        pos = 0
+        while pos + 4 <= size and buf[pos] == _PUBACK_FIRST and buf[pos + 1] == 2:
+            packet_id = buf[pos + 2] << 8 | buf[pos + 3]
+            if not packet_id:
+                break
+            into.append(packet_id)
+            pos += 4
+        if pos:
+            del buf[:pos]
+        return pos >> 2
+
+    def _plain_publish(
+        self, buf: bytearray, first: int, start: int, total: int
+    ) -> Publish | None:
+        """A well-formed PUBLISH without properties at the front of ``buf``, else None."""
+        qos = (first >> 1) & 0x03
+        if qos == 3 or (first & 0x08 and not qos) or start + 2 > total:
+            return None
+        end = start + 2 + (buf[start] << 8 | buf[start + 1])
+        pos = end + 2 if qos else end
+        if self._version == MQTT_5:
+            if pos >= total or buf[pos]:
+                return None
+            pos += 1
+        elif pos > total:
+            return None
+        packet_id = None
+        if qos:
+            packet_id = buf[end] << 8 | buf[end + 1]
+            if not packet_id:
+                return None
+        try:
+            topic = buf[start + 2:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+            return None
+        return new_publish(topic, bytes(buf[pos:total]), qos, bool(first & 0x01),
+                           bool(first & 0x08), packet_id, EMPTY_PROPERTIES)
 
     def _check_type(self, ptype: int) -> None:
         if ptype == 0:

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, cast
 
 import trio
 
@@ -56,7 +56,13 @@ from .retained import (
 from .session import MqttSession
 from .session_state import SessionState
 from .sessions import NEVER_EXPIRES, SessionRegistry
-from .topic_mapping import AllTopics, Concrete, TopicNotMappable, filter_core_topics
+from .topic_mapping import (
+    AllTopics,
+    Concrete,
+    TopicNotMappable,
+    filter_core_topics,
+    mqtt_topic_to_core,
+)
 from .will import WillScheduler
 
 __all__ = ["MqttContext", "MqttHandler", "MqttSettings", "StoredAt"]
@@ -115,9 +121,8 @@ class MqttSettings:
         return cls(**raw)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredAt:
-    """Where an MQTT publish was stored."""
+class StoredAt(NamedTuple):
+    """Where an MQTT publish was stored (a tuple: one is built per message)."""
 
     core_topic: str
     partition: int
@@ -196,31 +201,43 @@ class MqttContext:
         """
         now = self.wall_ms()
         results: list[StoredAt | Exception | None] = [None] * len(publishes)
-        groups: dict[tuple[TopicName, int], list[tuple[int, Message]]] = {}
-        cores: dict[TopicName, str] = {}
+        groups: dict[tuple[str, int], tuple[TopicName, list[tuple[int, Message]]]] = {}
         built: dict[int, Message] = {}
+        mapped: dict[str, tuple[str, bytes]] = {}  # a run of publishes often shares a topic
         for i, publish in enumerate(publishes):
             try:
-                core_topic, message = publish_to_message(publish, now)
+                core_and_key = mapped.get(publish.topic)
+                if core_and_key is None:
+                    core_and_key = mapped[publish.topic] = mqtt_topic_to_core(publish.topic)
+                core_topic, message = publish_to_message(publish, now, core_and_key)
                 if core_topic == RETAINED_TOPIC:
                     raise TopicNotMappable(f"{RETAINED_TOPIC} is reserved for retained messages")
-                built[i] = message
-                name, partition = await self._partition_of(core_topic, message.key)
+                if publish.retain:
+                    built[i] = message
+                if self._partitions.get(core_topic) == 1:  # no await on the hot path
+                    partition = 0
+                    group = groups.get((core_topic, 0))
+                    if group is not None:
+                        group[1].append((i, message))
+                        continue
+                    name = self.topic_name(core_topic)
+                else:
+                    name, partition = await self._partition_of(core_topic, message.key)
             except (TopicNotMappable, CoreError) as exc:
                 results[i] = exc
                 continue
-            cores[name] = core_topic
-            groups.setdefault((name, partition), []).append((i, message))
-        for (name, partition), items in groups.items():
-            await self._append(cores[name], name, partition, items, results)
-        out: list[StoredAt | Exception] = []
-        for i, publish in enumerate(publishes):
+            group = groups.get((core_topic, partition))
+            if group is None:
+                groups[(core_topic, partition)] = (name, [(i, message)])
+            else:
+                group[1].append((i, message))
+        for (core_topic, partition), (name, items) in groups.items():
+            await self._append(core_topic, name, partition, items, results)
+        for i, message in built.items():
             result = results[i]
-            assert result is not None
-            if isinstance(result, StoredAt) and publish.retain:
-                await self.retained.set(publish.topic, built[i])
-            out.append(result)
-        return out
+            if isinstance(result, StoredAt):
+                await self.retained.set(publishes[i].topic, message)
+        return cast("list[StoredAt | Exception]", results)  # every slot is filled by now
 
     async def _append(
         self, core_topic: str, name: TopicName, partition: int,

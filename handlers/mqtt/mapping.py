@@ -47,6 +47,7 @@ import binascii
 from core import headers as h
 from core.records import Message
 
+from .hot_path import new_message
 from .packet_types import MQTT_5
 from .packets import Publish
 from .properties import EMPTY_PROPERTIES, Properties
@@ -61,20 +62,24 @@ _DEFAULT_QOS = 1
 _RETAIN = b"1"
 
 
-def publish_to_message(publish: Publish, timestamp_ms: int) -> tuple[str, Message]:
+def publish_to_message(
+    publish: Publish, timestamp_ms: int, core_and_key: tuple[str, bytes] | None = None
+) -> tuple[str, Message]:
     """``(core topic, message)`` for an accepted PUBLISH (topic alias already resolved).
 
     Raises :class:`~handlers.mqtt.topic_mapping.TopicNotMappable` for ``$`` topics and topics
-    whose first level cannot be a core topic.
+    whose first level cannot be a core topic.  ``core_and_key`` is
+    :func:`~handlers.mqtt.topic_mapping.mqtt_topic_to_core` of the topic when the caller has
+    it already.
     """
-    core_topic, key = mqtt_topic_to_core(publish.topic)
+    core_topic, key = core_and_key or mqtt_topic_to_core(publish.topic)
     headers = [(h.MQTT_TOPIC, key), (h.MQTT_QOS, h.SMALL_UINTS[publish.qos])]
     if publish.retain:
         headers.append((h.MQTT_RETAIN, _RETAIN))
     props = publish.properties
     if props is not EMPTY_PROPERTIES:
         _properties_to_headers(props, headers)
-    return core_topic, Message(key, bytes(publish.payload), headers, timestamp_ms)
+    return core_topic, new_message(key, bytes(publish.payload), headers, timestamp_ms)
 
 
 def _properties_to_headers(props: Properties, out: list[tuple[str, bytes]]) -> None:

@@ -5,17 +5,23 @@ How it works
 :meth:`MqttSession.run` waits ``connect_timeout`` for CONNECT, checks the client id, the
 credentials (``core.users``) and the limits, attaches to the session registry (taking over an
 older connection with the same client id) and answers CONNACK with the server's limits.  Then
-three tasks share one nursery:
+four tasks share one nursery:
 
 * the *reader* feeds :class:`~handlers.mqtt.framing.PacketReader` and handles each packet in
-  order.  An inbound PUBLISH is appended to its core topic and acknowledged (PUBACK, PUBREC)
-  only once the append is durable; PUBLISH packets that arrive together (one read) are
-  stored with one append per core partition, so they share an fsync.  QoS 2 packet ids are
-  remembered until PUBREL (in the stored session too), so a re-sent PUBLISH is stored once.
-  The acknowledgements of such a run go out as one send; so do the replies to PUBREC/PUBREL
-  packets read together, and a run of PUBACK packets is settled on the core at once.
-  The keep-alive deadline (1.5 x the keep alive in force) restarts with every read;
-* the *writer* drains a bounded channel of encoded packets into the stream;
+  order.  Runs of PUBLISH packets (those of one read) go to the storer through a small
+  bounded queue, so the reader reads on while an append waits for its fsync; any other
+  packet but PUBACK/PUBREC/PUBREL/PUBCOMP first waits until everything before it is stored
+  and acknowledged.  The replies to PUBREC/PUBREL packets read together go out as one send,
+  and a run of PUBACK packets is settled on the core at once.  The keep-alive deadline
+  (1.5 x the keep alive in force) restarts with every read;
+* the *storer* appends what the reader queued, the runs waiting together with one append per
+  core partition (one shared fsync), and acknowledges each PUBLISH (PUBACK, PUBREC), in
+  order and as one send, only once the append is durable.  QoS 2 packet ids are remembered
+  until PUBREL (in the stored session too), so a re-sent PUBLISH is stored once.  A refusal
+  that ends the connection stops the reader; what the reader queued before it stopped is
+  still stored (within ``GOODBYE_TIMEOUT_S``);
+* the *writer* drains the connection's :class:`~handlers.mqtt.outbox.Outbox` (a bounded
+  queue of encoded packets; also the deliverer's sink) into the stream;
 * the *deliverer* (:class:`~handlers.mqtt.delivery.Deliverer`) turns core subscriptions into
   PUBLISH packets.
 
@@ -32,8 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections import deque
-from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -50,7 +54,9 @@ from .delivery import Deliverer, Token
 from .encoder import encode
 from .errors import MQTTError, ProtocolError, UnsupportedProtocolVersion
 from .framing import PacketReader, Role
+from .hot_path import puback_bytes
 from .mapping import delivery_qos, message_to_publish
+from .outbox import SEND_QUEUE, Outbox
 from .packet_types import MQTT_5, MQTT_311
 from .packets import (
     Auth,
@@ -97,14 +103,12 @@ __all__ = ["RECEIVE_SIZE", "SEND_QUEUE", "MqttSession"]
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 64 * 1024
-#: encoded packets waiting for the writer
-SEND_QUEUE = 256
-#: bytes gathered from the send queue into one write
-WRITE_CHUNK = 64 * 1024
-#: inbound PUBLISH packets stored with one append (when they arrive together)
+#: inbound PUBLISH packets handed from the reader to the storer as one item
 MAX_PUBLISH_BATCH = 256
-#: own publications remembered for *no local*
-LOCAL_MEMORY = 1024
+#: items (runs of PUBLISH packets) read and waiting for the storer
+STORE_QUEUE = 4
+#: inbound PUBLISH packets stored with one append at most
+MAX_STORE_RUN = 1024
 #: how long a closing connection may take to say goodbye
 GOODBYE_TIMEOUT_S = 2.0
 _STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -129,9 +133,8 @@ class MqttSession:
         self.peer = format_host_port(conn.peer_host, conn.peer_port)
         self._reader = PacketReader(Role.SERVER, max_packet_size=ctx.settings.max_packet_size)
         self.protocol_level = MQTT_311
-        self.max_packet_size: int | None = None
         self.client_id = ""
-        self._send, self._outbox = trio.open_memory_channel[bytes](SEND_QUEUE)
+        self._out = Outbox()
         self._state: SessionState[Token | None] | None = None
         self._limits = ConnectionState(ctx.settings.topic_alias_maximum,
                                        ctx.settings.receive_maximum)
@@ -141,14 +144,12 @@ class MqttSession:
         self._scope = trio.CancelScope()
         self._ending: _End | None = None
         self._finished = trio.Event()
-        self._stream_broken = False
         self._served = False
-        self._local: deque[tuple[str, int, int]] = deque()
-        self._local_set: set[tuple[str, int, int]] = set()
-        self._aliases = OutboundAliases(0)
-        self._alias_lock = trio.Lock()
-        #: encoded replies (PUBREL, PUBCOMP) not yet queued: they go with the next send
-        self._replies = bytearray()
+        self._to_store, self._storing = trio.open_memory_channel[list[Publish]](STORE_QUEUE)
+        self._unstored = 0  # runs handed to the storer and not yet acknowledged
+        self._all_stored = trio.Event()
+        self._reading = trio.CancelScope()
+        self._save_due = False  # QoS 2 ids released: the stored session is out of date
 
     # ------------------------------------------------------------ registry attachment
 
@@ -160,99 +161,6 @@ class MqttSession:
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
-
-    # ------------------------------------------------------------ Sink for the deliverer
-
-    def _encode_publish(
-        self, packet: Publish, use_alias: bool, fresh: dict[str, int]
-    ) -> bytes | None:
-        """The encoded packet, or None when it exceeds the client's Maximum Packet Size.
-
-        Aliases this packet would establish go into ``fresh`` (committed by the caller once
-        the packet is queued); later packets of the same batch already count on them.
-        """
-        if use_alias and self._aliases.maximum:
-            alias, known = self._aliases.lookup(packet.topic)
-            if not known:
-                alias = fresh.get(packet.topic)
-                known = alias is not None
-                if not known:
-                    alias = self._aliases.lookup_next(len(fresh))
-            if alias is not None:
-                props = replace(packet.properties, topic_alias=alias)
-                if known:
-                    packet = replace(packet, topic="", properties=props)
-                else:
-                    packet = replace(packet, properties=props)
-            data = encode(packet, self.protocol_level)
-            if self.max_packet_size is not None and len(data) > self.max_packet_size:
-                return None
-            if alias is not None and not known:
-                fresh[packet.topic] = alias
-            return data
-        data = encode(packet, self.protocol_level)
-        if self.max_packet_size is not None and len(data) > self.max_packet_size:
-            return None
-        return data
-
-    def _encode_batch(
-        self, packets: Sequence[Publish], use_alias: bool
-    ) -> tuple[bytes, list[bool], dict[str, int]]:
-        chunk = bytearray()
-        queued: list[bool] = []
-        fresh: dict[str, int] = {}
-        for packet in packets:
-            data = self._encode_publish(packet, use_alias, fresh)
-            queued.append(data is not None)
-            if data is not None:
-                chunk += data
-        return bytes(chunk), queued, fresh
-
-    async def send_publishes(
-        self, packets: Sequence[Publish], *, droppable: bool
-    ) -> list[bool] | None:
-        if droppable:
-            # while a waiting sender holds the alias lock, aliases could be queued out of order
-            chunk, queued, fresh = self._encode_batch(packets, not self._alias_lock.locked())
-            if chunk:
-                try:
-                    self._send.send_nowait(chunk)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    return None
-            self._aliases.commit_many(fresh)
-            return queued
-        async with self._alias_lock:
-            chunk, queued, fresh = self._encode_batch(packets, True)
-            if chunk:
-                await self._send.send(chunk)
-            self._aliases.commit_many(fresh)
-            return queued
-
-    def is_local(self, core_topic: str, partition: int, offset: int) -> bool:
-        return (core_topic, partition, offset) in self._local_set
-
-    def _remember_local(self, where: tuple[str, int, int]) -> None:
-        self._local.append(where)
-        self._local_set.add(where)
-        if len(self._local) > LOCAL_MEMORY:
-            self._local_set.discard(self._local.popleft())
-
-    async def _packet(self, packet: Packet) -> None:
-        data = encode(packet, self.protocol_level)
-        if self._replies:
-            data = bytes(self._replies) + data
-            self._replies.clear()
-        await self._send.send(data)
-
-    def _reply(self, packet: Packet) -> None:
-        """Queue ``packet`` with the next send (see :meth:`_flush_replies`)."""
-        self._replies += encode(packet, self.protocol_level)
-
-    async def _flush_replies(self) -> None:
-        if self._replies:
-            data = bytes(self._replies)
-            self._replies.clear()
-            await self._send.send(data)
 
     # ------------------------------------------------------------ run
 
@@ -306,7 +214,7 @@ class MqttSession:
     async def _accept(self, connect: Connect) -> bool:
         """Check CONNECT, attach the session, send CONNACK; False when refused."""
         settings = self._ctx.settings
-        self.protocol_level = level = connect.protocol_level
+        self.protocol_level = self._out.protocol_level = level = connect.protocol_level
         v5 = level == MQTT_5
         props = connect.properties
         R, V3 = ReasonCode, ConnackReturnCodeV311
@@ -335,8 +243,8 @@ class MqttSession:
         else:
             requested = 0 if connect.clean_start else NEVER_EXPIRES
         expiry = min(requested, settings.max_session_expiry)
-        self.max_packet_size = props.maximum_packet_size
-        self._aliases = OutboundAliases((props.topic_alias_maximum or 0) if v5 else 0)
+        self._out.max_packet_size = props.maximum_packet_size
+        self._out.aliases = OutboundAliases((props.topic_alias_maximum or 0) if v5 else 0)
         client_receive_max = props.receive_maximum or 65535
         state, present = await self._ctx.sessions.attach(
             client_id, self, clean_start=connect.clean_start, protocol_level=level,
@@ -344,7 +252,7 @@ class MqttSession:
         self._state = state
         self._ctx.wills.cancel(client_id)
         self._will = connect.will
-        self._deliverer = Deliverer(self._ctx.manager, self._ctx.directory, state, self,
+        self._deliverer = Deliverer(self._ctx.manager, self._ctx.directory, state, self._out,
                                     client_receive_max, wall_ms=self._ctx.wall_ms)
         ack_props = EMPTY_PROPERTIES
         if v5:
@@ -398,13 +306,21 @@ class MqttSession:
                         resumed = list(state.pending_releases())
                         deliverer.hold_slots(len(resumed))
                         for pid in resumed:
-                            await self._packet(PubRel(pid))
+                            await self._out.packet(PubRel(pid))
                         await nursery.start(deliverer.run)
-                        await self._read_loop()
+                        stored = trio.Event()
+                        nursery.start_soon(self._store_loop, stored)
+                        with self._reading:
+                            await self._read_loop()
+                        # what was read is stored (and acknowledged) before the end
+                        self._to_store.close()
+                        with trio.CancelScope(shield=True), \
+                                trio.move_on_after(GOODBYE_TIMEOUT_S):
+                            await stored.wait()
                         nursery.cancel_scope.cancel()
                     # let the writer send what is queued (the last acks), within a bound
                     outer.cancel_scope.deadline = trio.current_time() + GOODBYE_TIMEOUT_S
-                    self._send.close()
+                    self._out.close()
         except Exception as exc:  # a bug must not take other connections down
             log.exception("mqtt %s: client %r: internal error", self.peer, self.client_id)
             self._ending = self._ending or _End(f"internal error: {exc!r}",
@@ -416,15 +332,10 @@ class MqttSession:
     async def _finish(self) -> None:
         assert self._state is not None
         ending = self._ending or _End("connection closed", None)
-        goodbye = bytearray()
-        while True:  # what was queued before the end (acks of the last publications)
-            try:
-                goodbye += self._outbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        goodbye = self._out.take_queued()  # queued before the end (the last acks)
         if ending.reason is not None and self.protocol_level == MQTT_5:
             goodbye += encode(Disconnect(ending.reason), MQTT_5)
-        if goodbye and not self._stream_broken:
+        if goodbye and not self._out.stream_broken:
             with trio.move_on_after(GOODBYE_TIMEOUT_S), suppress(*_STREAM_GONE):
                 await self._stream.send_all(goodbye)
         dropped = ""
@@ -453,20 +364,7 @@ class MqttSession:
 
     async def _writer(self) -> None:
         try:
-            async for data in self._outbox:
-                # let the other tasks of this connection queue what they have ready, then
-                # send it all in one write (one syscall, not one per packet)
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                chunk = bytearray(data)
-                while len(chunk) < WRITE_CHUNK:
-                    try:
-                        chunk += self._outbox.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                # a send_all cut short leaves the stream unusable: no goodbye then
-                self._stream_broken = True
-                await self._stream.send_all(chunk)
-                self._stream_broken = False
+            await self._out.write_to(self._stream)
         except _STREAM_GONE:
             if self._ending is None:
                 self._ending = _End("connection lost while writing")
@@ -486,25 +384,28 @@ class MqttSession:
                 self._reader.receive_data(data)
                 await self._drain()
         except _End as end:
-            self._ending = end
+            self._ending = self._ending or end
         except MQTTError as exc:
-            log.warning("mqtt %s: client %r broke the protocol (0x%02x): %s", self.peer,
-                        self.client_id, exc.reason_code, exc)
-            self._ending = _End(f"protocol error: {exc}", exc.reason_code)
+            self._protocol_error(exc)
         except _STREAM_GONE:
-            self._ending = _End("connection lost")
+            self._ending = self._ending or _End("connection lost")
 
     async def _drain(self) -> None:
         """Handle every complete packet received; runs of PUBLISH are stored together."""
         batch: list[Publish] = []
         pubacks: list[int] = []  # packet ids; a run of PUBACK is settled on the core at once
+        reader = self._reader
         try:
-            while (packet := self._reader.next_packet()) is not None:
+            while True:
+                reader.take_pubacks(pubacks)
+                packet = reader.next_packet()
+                if packet is None:
+                    break
                 if isinstance(packet, Publish):
                     batch.append(packet)
                     if len(batch) >= MAX_PUBLISH_BATCH:
                         batch, done = [], batch
-                        await self._on_publishes(done)
+                        await self._submit(done)
                     continue
                 if isinstance(packet, PubAck):
                     pubacks.append(packet.packet_id)
@@ -519,30 +420,85 @@ class MqttSession:
                     continue
                 if batch:
                     batch, done = [], batch
-                    await self._on_publishes(done)
+                    await self._submit(done)
+                # other packets wait for the PUBLISH packets before them (a DISCONNECT
+                # after publications, a SUBSCRIBE after publishing to the topic, ...)
+                await self._until_stored()
                 await self._handle(packet)
             if pubacks:
                 pubacks, acked = [], pubacks
                 self._on_pubacks(acked)
             if batch:
                 batch, done = [], batch
-                await self._on_publishes(done)
-            await self._flush_replies()
+                await self._submit(done)
+            await self._out.flush_replies()
         finally:
             if pubacks:
                 self._on_pubacks(pubacks)
             if batch:  # the packets before a protocol error still count
                 with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_TIMEOUT_S):
-                    await self._on_publishes(batch)
-            if self._replies:  # for the goodbye, when there is room
-                with suppress(trio.WouldBlock, *_STREAM_GONE):
-                    self._send.send_nowait(bytes(self._replies))
-                self._replies.clear()
+                    await self._submit(batch)
+            self._out.flush_replies_nowait()  # for the goodbye, when there is room
+            if self._save_due and self._state is not None:
+                self._save_due = False
+                self._ctx.sessions.save_soon(self._state)
+
+    # ------------------------------------------------------------ storing publications
+
+    async def _submit(self, run: list[Publish]) -> None:
+        """Hand a run of PUBLISH packets to the storer (waits while its queue is full)."""
+        self._unstored += 1
+        try:
+            await self._to_store.send(run)
+        except BaseException:
+            self._unstored -= 1
+            raise
+
+    async def _until_stored(self) -> None:
+        """Wait until every PUBLISH handed to the storer is stored and acknowledged."""
+        while self._unstored:
+            await self._all_stored.wait()
+
+    async def _store_loop(self, done: trio.Event) -> None:
+        """The storer: runs waiting together are stored with one append (one fsync), so the
+        reader reads on while an append is under way; a refusal that ends the connection
+        stops the reader."""
+        try:
+            async for run in self._storing:
+                runs = 1
+                while len(run) < MAX_STORE_RUN:
+                    try:
+                        more = self._storing.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    run = run + more
+                    runs += 1
+                try:
+                    await self._on_publishes(run)
+                finally:
+                    self._unstored -= runs
+                    if not self._unstored:
+                        self._all_stored.set()
+                        self._all_stored = trio.Event()
+        except _End as end:
+            self._ending = self._ending or end
+            self._reading.cancel()
+        except MQTTError as exc:
+            self._protocol_error(exc)
+            self._reading.cancel()
+        finally:
+            self._storing.close()
+            done.set()
+
+    def _protocol_error(self, exc: MQTTError) -> None:
+        log.warning("mqtt %s: client %r broke the protocol (0x%02x): %s", self.peer,
+                    self.client_id, exc.reason_code, exc)
+        self._ending = self._ending or _End(f"protocol error: {exc}", exc.reason_code)
 
     # ------------------------------------------------------------ packets
 
     def _on_qos2_step(self, packet: PubRec | PubRel | PubComp) -> None:
-        """PUBREC, PUBREL or PUBCOMP; the reply is left in ``_replies``."""
+        """PUBREC, PUBREL or PUBCOMP; the reply waits in the outbox for the next send."""
         assert self._state is not None and self._deliverer is not None
         state = self._state
         if isinstance(packet, PubRec):
@@ -550,16 +506,16 @@ class MqttSession:
             if flight is not None:
                 self._deliverer.acknowledged(flight.token, release=not release)
             if release:
-                self._reply(PubRel(packet.packet_id))
+                self._out.reply(PubRel(packet.packet_id))
             elif self.protocol_level == MQTT_5 and flight is None:
-                self._reply(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+                self._out.reply(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
         elif isinstance(packet, PubRel):
             known = state.release(packet.packet_id)
             if known:
-                self._ctx.sessions.save_soon(state)
+                self._save_due = True  # once per burst, by _drain
             code = 0 if known or self.protocol_level != MQTT_5 else \
                 ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
-            self._reply(PubComp(packet.packet_id, code))
+            self._out.reply(PubComp(packet.packet_id, code))
         elif state.pubcomp(packet.packet_id):
             self._deliverer.completed()
 
@@ -585,13 +541,13 @@ class MqttSession:
                 self._deliverer.acknowledged(flight.token)
         elif isinstance(packet, PubRec | PubRel | PubComp):
             self._on_qos2_step(packet)
-            await self._flush_replies()
+            await self._out.flush_replies()
         elif isinstance(packet, Subscribe):
             await self._on_subscribe(packet)
         elif isinstance(packet, Unsubscribe):
             await self._on_unsubscribe(packet)
         elif isinstance(packet, PingReq):
-            await self._packet(PingResp())
+            await self._out.packet(PingResp())
         elif isinstance(packet, Disconnect):
             self._on_disconnect(packet)
         elif isinstance(packet, Auth):
@@ -642,7 +598,7 @@ class MqttSession:
                 result = next(results)
                 if not isinstance(result, Exception):
                     if remember:
-                        self._remember_local(
+                        self._out.remember_local(
                             (result.core_topic, result.partition, result.offset))
                 else:
                     try:
@@ -654,16 +610,15 @@ class MqttSession:
             if pid is None or end is not None:
                 continue
             if packet.qos == 1:
-                acks += encode(PubAck(pid, code), level)
+                acks += puback_bytes(pid) if not code else encode(PubAck(pid, code), level)
             else:
                 if code < 0x80:
                     state.stored_qos2(pid)
                 acks += encode(PubRec(pid, code), level)
-        if self._replies:
-            acks[:0] = self._replies
-            self._replies.clear()
         if acks:
-            await self._send.send(bytes(acks))
+            await self._out.send(bytes(acks))
+        else:
+            await self._out.flush_replies()
         if batch_qos2:
             self._ctx.sessions.save_soon(state)
         if end is not None:
@@ -720,7 +675,7 @@ class MqttSession:
                     state.unsubscribe(entry.topic_filter)
             fresh = [f for n, f in enumerate(fresh) if codes[n] < 0x80]
         await self._ctx.sessions.save(state)
-        await self._packet(SubAck(packet.packet_id, tuple(codes)))
+        await self._out.packet(SubAck(packet.packet_id, tuple(codes)))
         retained: list[tuple[str, Message, SubscriptionEntry]] = []
         for entry, existed in fresh:
             if entry.share_group is not None or entry.retain_handling == 2 or (
@@ -756,7 +711,7 @@ class MqttSession:
                                     protocol_level=self.protocol_level,
                                     retain_as_published=True, packet_id=pid,
                                     subscription_identifiers=ids, now_ms=now)
-        await self._packet(replace(packet, retain=True))
+        await self._out.packet(replace(packet, retain=True))
 
     async def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         assert self._state is not None and self._deliverer is not None
@@ -766,7 +721,7 @@ class MqttSession:
             for f in packet.topic_filters)
         await self._deliverer.sync()
         await self._ctx.sessions.save(self._state)
-        await self._packet(UnsubAck(packet.packet_id,
+        await self._out.packet(UnsubAck(packet.packet_id,
                                     codes if self.protocol_level == MQTT_5 else ()))
 
     def _on_disconnect(self, packet: Disconnect) -> None:

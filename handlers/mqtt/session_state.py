@@ -16,6 +16,12 @@ How it works
 * Outbound QoS 1/2: :meth:`SessionState.start_outbound` allocates a free packet id and keeps an
   opaque ``token`` (the core ack handle); PUBACK, or PUBREC for QoS 2, hands the token back.
   QoS 2 ids then wait for PUBCOMP (they survive a reconnect: :meth:`pending_releases`).
+* Re-sending after a reconnect (MQTT-4.4.0-1): deliveries still unacknowledged when the
+  connection ends go back to the core, which redelivers them to the resumed session.  Their
+  packet ids are kept meanwhile (:meth:`SessionState.keep_for_resend`, keyed by where the
+  message is in the log: :data:`ResendKey`; stored with the session) and not given to other
+  messages, so the redelivery goes out under its original packet id
+  (:meth:`SessionState.resend_id`).
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from .topic_mapping import topic_matches
 from .topics import SHARED_PREFIX
 
 __all__ = [
+    "MAX_RESEND",
     "ConnectionState",
     "InboundResult",
     "Match",
     "OutboundAliases",
     "OutboundFlight",
+    "ResendKey",
     "SessionState",
     "SubscriptionEntry",
 ]
@@ -43,6 +51,11 @@ __all__ = [
 T = TypeVar("T")
 
 MAX_PACKET_ID = 0xFFFF
+
+#: packet ids kept for re-sending at most (the rest stay free for new deliveries)
+MAX_RESEND = 16384
+#: a delivered message's place in the log: (core topic, shared filter or None, partition, offset)
+ResendKey = tuple[str, str | None, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +126,12 @@ class SessionState(Generic[T]):
     outbound: dict[int, OutboundFlight[T]] = field(default_factory=dict)
     #: QoS 2 packet ids whose PUBREC came back; PUBREL sent, PUBCOMP awaited
     releasing: set[int] = field(default_factory=set)
+    #: packet ids of deliveries unacknowledged at a disconnect, until they are sent again
+    resend: dict[ResendKey, int] = field(default_factory=dict)
+    _reserved: set[int] = field(default_factory=set, compare=False, repr=False)
     _next_id: int = 1
+    #: bumped by every subscribe/unsubscribe (lets deliverers cache per-topic matches)
+    subscription_changes: int = field(default=0, compare=False, repr=False)
 
     # ------------------------------------------------------------ subscriptions
 
@@ -121,10 +139,12 @@ class SessionState(Generic[T]):
         """Add or replace a subscription; True when the filter already existed."""
         existed = entry.topic_filter in self.subscriptions
         self.subscriptions[entry.topic_filter] = entry
+        self.subscription_changes += 1
         return existed
 
     def unsubscribe(self, topic_filter: str) -> bool:
         """Remove a subscription; False when there was none."""
+        self.subscription_changes += 1
         return self.subscriptions.pop(topic_filter, None) is not None
 
     def match(self, topic: str, share_filter: str | None = None) -> Match | None:
@@ -183,16 +203,43 @@ class SessionState(Generic[T]):
         for _ in range(MAX_PACKET_ID):
             pid = self._next_id
             self._next_id = 1 if pid == MAX_PACKET_ID else pid + 1
-            if pid not in self.outbound and pid not in self.releasing:
+            if pid not in self.outbound and pid not in self.releasing and (
+                    pid not in self._reserved):
                 return pid
         raise RuntimeError("no free packet identifier")
 
-    def start_outbound(self, qos: int, token: T) -> int:
-        """Allocate a packet id for a QoS 1/2 delivery carrying ``token``."""
+    def start_outbound(self, qos: int, token: T, packet_id: int | None = None) -> int:
+        """Allocate a packet id for a QoS 1/2 delivery carrying ``token`` (``packet_id``: the
+        one :meth:`resend_id` gave back)."""
         if qos not in (1, 2):
             raise ValueError(f"QoS {qos} has no packet identifier")
-        pid = self._allocate()
+        pid = self._allocate() if packet_id is None else packet_id
         self.outbound[pid] = OutboundFlight(pid, qos, token)
+        return pid
+
+    def keep_for_resend(self, key: ResendKey, packet_id: int) -> None:
+        """Remember the packet id of a delivery left unacknowledged by a disconnect.
+
+        At most :data:`MAX_RESEND` are kept (the oldest go first): a message that never comes
+        back (a shared subscription gave it to another member) must not hold its id forever.
+        """
+        old = self.resend.pop(key, None)
+        if old is not None:
+            self._reserved.discard(old)
+        while len(self.resend) >= MAX_RESEND:
+            self._reserved.discard(self.resend.pop(next(iter(self.resend))))
+        self.resend[key] = packet_id
+        self._reserved.add(packet_id)
+
+    def resend_id(self, key: ResendKey) -> int | None:
+        """The original packet id when the message at ``key`` is being sent again, else None
+        (the id is then free for :meth:`start_outbound`)."""
+        pid = self.resend.pop(key, None)
+        if pid is None:
+            return None
+        self._reserved.discard(pid)
+        if pid in self.outbound or pid in self.releasing:
+            return None
         return pid
 
     def puback(self, packet_id: int) -> OutboundFlight[T] | None:
@@ -241,15 +288,16 @@ class SessionState(Generic[T]):
     # ------------------------------------------------------------ persistence
 
     def to_json(self) -> bytes:
-        """The durable part as JSON: subscriptions, expiry, protocol level, and the inbound
+        """The durable part as JSON: subscriptions, expiry, protocol level, the inbound
         QoS 2 packet ids awaiting PUBREL (so a PUBLISH re-sent after a restart is not stored
-        twice)."""
+        twice) and the packet ids kept for re-sending (:attr:`resend`)."""
         return json.dumps({
             "client_id": self.client_id,
             "protocol_level": self.protocol_level,
             "expiry_interval": self.expiry_interval,
             "subscriptions": [asdict(e) for e in self.subscriptions.values()],
             "inbound_qos2": sorted(self.inbound_qos2),
+            "resend": [[*key, pid] for key, pid in self.resend.items()],
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -263,6 +311,12 @@ class SessionState(Generic[T]):
                 entry = SubscriptionEntry(**item)
                 state.subscriptions[entry.topic_filter] = entry
             state.inbound_qos2 = {int(pid) for pid in raw.get("inbound_qos2", [])}
+            for topic, shared, partition, offset, pid in raw.get("resend", []):
+                if not 0 < int(pid) <= MAX_PACKET_ID:
+                    raise ValueError(f"packet id {pid}")
+                state.keep_for_resend(
+                    (str(topic), None if shared is None else str(shared), int(partition),
+                     int(offset)), int(pid))
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"bad stored MQTT session: {exc}") from exc
         return state
