@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(config: Config) -> int:
     from core.broker import Broker, StartupError, run_until_signalled
+    from core.gc_policy import tune_for_server
     from core.registry import HandlerLoadError
 
     try:
@@ -144,6 +145,7 @@ def _serve(config: Config) -> int:
         _error(str(exc))
         log.debug("handler load failure", exc_info=exc.__cause__)
         return EXIT_FAILURE
+    tune_for_server()
     try:
         trio.run(run_until_signalled, broker)
     except BaseException as exc:  # reported below; a clean exit code
