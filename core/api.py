@@ -36,6 +36,7 @@ import trio
 from core.batch import split_batches
 from core.compaction import compact_due_topics, compactor_for
 from core.config import CoreSettings
+from core.entry_cache import RecentEntries
 from core.errors import InvalidPartitionCount, InvalidTopicName, UnknownPartition, UnknownTopic
 from core.exclusive import AccessMode, ProducerAccess, ProducerHandle
 from core.names import NamespaceName, TopicName
@@ -123,6 +124,10 @@ class Core:
         self._producer_access = ProducerAccess(storage.metadata)
         #: recently appended plain messages, so that subscriptions skip decoding them
         self.fresh = FreshBatches()
+        #: recently appended log entries as readers see them (no metadata decode)
+        self.recent_entries: RecentEntries[ReadEntry] = RecentEntries()
+        self._topic_generation = 0
+        self._topics_changed = trio.Event()
 
     # ---------------------------------------------------------------- names
 
@@ -171,7 +176,9 @@ class Core:
             await self.storage.delete_log(name.log_name(n))
             await self.producer_states.delete(name.log_name(n))
         await compactor_for(self).drop(name, meta.partitions)
-        return await self._open_topic(name, meta)
+        opened = await self._open_topic(name, meta)
+        self._topic_list_changed()
+        return opened
 
     async def _open_topic(self, name: TopicName, meta: TopicMetadata) -> OpenTopic:
         ns_policies = await self.namespaces.get_policies(name.namespace_name)
@@ -183,6 +190,7 @@ class Core:
         ]
         for p in partitions:
             p.fresh = self.fresh
+            p.recent = self.recent_entries
         opened = self._open[name] = OpenTopic(name, meta, policies, partitions)
         return opened
 
@@ -237,6 +245,7 @@ class Core:
                 log_ = await self.storage.open_log(opened.name.log_name(n))
                 added = await Partition.open(opened.name, n, log_, self.producer_states)
                 added.fresh = self.fresh
+                added.recent = self.recent_entries
                 opened.partitions.append(added)
             opened.meta = meta
             return opened.info
@@ -260,7 +269,29 @@ class Core:
             await compactor_for(self).drop(name, meta.partitions)
             await self.subscriptions.forget_topic(name, meta.partitions)
             await self.topics.delete(name)
+            self._topic_list_changed()
             log.info("deleted topic %s (%d partitions)", name, meta.partitions)
+
+    @property
+    def topic_generation(self) -> int:
+        """A counter that grows each time a topic is created or deleted (in any namespace)."""
+        return self._topic_generation
+
+    async def wait_topics_changed(self, after_generation: int) -> int:
+        """Wait until a topic was created or deleted since :attr:`topic_generation` was
+        ``after_generation``; return the generation now.
+
+        Read the generation *before* looking at the topics (e.g. :meth:`list_topics`) and pass
+        it here: a change made in between is not missed.  Wrap in ``move_on_after`` to bound it.
+        """
+        while self._topic_generation <= after_generation:
+            await self._topics_changed.wait()
+        return self._topic_generation
+
+    def _topic_list_changed(self) -> None:
+        self._topic_generation += 1
+        self._topics_changed.set()
+        self._topics_changed = trio.Event()
 
     def _forget(self, name: TopicName) -> None:
         for key in [k for k, v in self._cache.items() if v.name == name]:

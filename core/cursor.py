@@ -177,8 +177,13 @@ class Cursor:
 
     def ack(self, offset: int, high_watermark: int | None = None) -> bool:
         """Acknowledge one offset; return whether it was not acknowledged before."""
-        self._check_open()
-        _check_offset(offset, high_watermark)
+        # _check_open and _check_offset inlined: one call per acknowledged message
+        if self._closed:
+            raise CursorClosed("cursor is closed")
+        if offset < 0 or offset > MAX_OFFSET or (
+            high_watermark is not None and offset >= high_watermark
+        ):
+            raise UnknownPosition(offset, high_watermark)
         if offset < self._mark_delete:
             return False
         if offset == self._mark_delete and not self._acked:
@@ -320,9 +325,12 @@ class Cursor:
         *redelivered*.  Nothing acknowledged is ever turned into lost data:
         mark-delete is always exact, and acks are only dropped, never invented.
         """
-        ranges = self._acked.ranges(self.max_persisted_ranges)
         out = bytearray((FORMAT_VERSION,))
         _put_varint(out, self._mark_delete)
+        if not self._acked:  # the common case: every ack below mark-delete
+            out.append(0)
+            return bytes(out)
+        ranges = self._acked.ranges(self.max_persisted_ranges)
         _put_varint(out, len(ranges))
         prev = self._mark_delete
         for lo, hi in ranges:

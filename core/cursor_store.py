@@ -27,6 +27,7 @@ many acks it took.
 from __future__ import annotations
 
 import builtins
+import functools
 from urllib.parse import quote, unquote
 
 from core.cursor import (
@@ -40,6 +41,8 @@ __all__ = ["CURSORS_PREFIX", "DEFAULT_MAX_DIRTY", "CursorStore", "cursor_key"]
 
 CURSORS_PREFIX = "cursors/"
 DEFAULT_MAX_DIRTY = 1024
+#: cursor keys remembered by :func:`cursor_key`
+_KEY_CACHE_SIZE = 4096
 
 
 def _check_log_name(log_name: str) -> None:
@@ -52,8 +55,13 @@ def _check_subscription(subscription: str) -> None:
         raise ValueError("empty subscription name")
 
 
+@functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
 def cursor_key(log_name: str, subscription: str) -> str:
-    """The metadata key of ``subscription``'s cursor on the partition log ``log_name``."""
+    """The metadata key of ``subscription``'s cursor on the partition log ``log_name``.
+
+    Memoised (bounded): a subscription saves its cursor once per dispatch pass.
+    Invalid names raise ``ValueError``, which is never cached.
+    """
     _check_log_name(log_name)
     _check_subscription(subscription)
     return f"{CURSORS_PREFIX}{log_name}/{quote(subscription, safe='')}"

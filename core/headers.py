@@ -60,6 +60,9 @@ MQTT_QOS = "ps.mqtt.qos"
 MQTT_RETAIN = "ps.mqtt.retain"
 MQTT_PAYLOAD_FORMAT = "ps.mqtt.payload-format"
 
+#: The gateway headers that make the core drop or hold back a message (expiry, delay).
+TIMING_HEADERS = frozenset((EXPIRY_MS, DELIVER_AT_MS))
+
 _MAX_UINT_DIGITS = 20
 #: ASCII decimal renderings of small integers, shared to keep the hot path allocation-free.
 SMALL_UINTS: tuple[bytes, ...] = tuple(str(i).encode() for i in range(256))
@@ -76,6 +79,20 @@ def first_header(headers: Iterable[tuple[str, bytes]], name: str) -> bytes | Non
         if key == name:
             return value
     return None
+
+
+def any_timing_header(header_lists: Iterable[list[tuple[str, bytes]]]) -> bool:
+    """Whether any of these header lists holds a :data:`TIMING_HEADERS` name.
+
+    One pass per batch: when it is False, no message of the batch can expire by
+    header or wait for a delivery time, so the per-message checks are skipped.
+    """
+    timing = TIMING_HEADERS
+    for headers in header_lists:
+        for name, _ in headers:
+            if name in timing:
+                return True
+    return False
 
 
 def user_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -112,14 +129,18 @@ def expiry_deadline_ms(headers: Iterable[tuple[str, bytes]], timestamp_ms: int) 
 
     ``None`` when it never expires (no header, or a value that is not a canonical integer).
     """
-    raw = first_header(headers, EXPIRY_MS)
-    if raw is None:
-        return None
-    ttl = parse_uint(raw)
-    return None if ttl is None else timestamp_ms + ttl
+    # The scan is inlined (no first_header call): it runs for every delivered message.
+    for key, raw in headers:
+        if key == EXPIRY_MS:
+            ttl = parse_uint(raw)
+            return None if ttl is None else timestamp_ms + ttl
+    return None
 
 
 def is_expired(headers: Iterable[tuple[str, bytes]], timestamp_ms: int, now_ms: int) -> bool:
     """Whether a message with these headers and record timestamp has expired at ``now_ms``."""
-    deadline = expiry_deadline_ms(headers, timestamp_ms)
-    return deadline is not None and now_ms >= deadline
+    for key, raw in headers:
+        if key == EXPIRY_MS:
+            ttl = parse_uint(raw)
+            return ttl is not None and now_ms >= timestamp_ms + ttl
+    return False

@@ -53,7 +53,8 @@ import trio
 
 from core.batch import BatchInfo
 from core.dedup import DedupState, Duplicate
-from core.entry import build_entry, decode_entry
+from core.entry import build_entry, decode_entry, framed_batch
+from core.entry_cache import RecentEntries
 from core.errors import OffsetOutOfRange, PartitionUnavailable, UnknownTopic
 from core.names import TopicName
 from core.producers import ProducerStateStore
@@ -128,6 +129,9 @@ class Partition:
         self.txns = TxnIndex()
         #: where appends of plain messages are remembered for readers (set by the core)
         self.fresh: FreshBatches | None = None
+        #: appended entries as readers see them, so that they skip decoding them (set by
+        #: the core, shared by its partitions)
+        self.recent: RecentEntries[ReadEntry] | None = None
 
     @classmethod
     async def open(
@@ -195,8 +199,10 @@ class Partition:
         broker_ts = self._last_broker_ts = max(now_ms, self._last_broker_ts)
         base = offset = self.next_offset
         entries = []
+        starts = []
         record = self.dedup.record
         for batch in fresh:
+            starts.append(offset)
             last = offset + batch.last_offset_delta
             entries.append(EntryIn(last, broker_ts, build_entry(offset, broker_ts, batch.view)))
             if batch.is_transactional:
@@ -219,6 +225,12 @@ class Partition:
                 data = entries[0].data
                 if type(data) is bytes:
                     self.fresh.add(data, messages)
+            recent = self.recent
+            if recent is not None:
+                for start, entry in zip(starts, entries, strict=True):
+                    data = entry.data
+                    if type(data) is bytes:
+                        recent.add(data, ReadEntry(start, entry.key, broker_ts, framed_batch(data)))
             self._advance()
 
         try:
@@ -366,7 +378,7 @@ class Partition:
                 stored = await log.read(position, max_bytes)
             except PositionOutOfRangeError:
                 continue
-            out = _read_entries(stored, hw)
+            out = _read_entries(stored, hw, self.recent)
             if not out or out[0].base_offset > offset:
                 # retention dropped the entry holding ``offset``
                 raise OffsetOutOfRange(offset, await self.earliest_offset(), hw)
@@ -387,7 +399,7 @@ class Partition:
         cached = self.log.read_after_nowait(offset - 1 if offset > 0 else None, max_bytes)
         if not cached:
             return None
-        out = _read_entries(cached, hw)
+        out = _read_entries(cached, hw, self.recent)
         if not out or out[0].base_offset > offset:
             return None  # retention dropped the entry holding ``offset``
         return out
@@ -424,12 +436,19 @@ class Partition:
         self._wake()
 
 
-def _read_entries(stored: list[StoredEntry], hw: int) -> list[ReadEntry]:
-    """``stored`` entries below the watermark ``hw``, decoded."""
+def _read_entries(
+    stored: list[StoredEntry], hw: int, recent: RecentEntries[ReadEntry] | None = None
+) -> list[ReadEntry]:
+    """``stored`` entries below the watermark ``hw``, decoded (or found in ``recent``)."""
     out: list[ReadEntry] = []
     for item in stored:
         if item.key >= hw:
             break
+        if recent is not None:
+            known = recent.get(item.data)
+            if known is not None:
+                out.append(known)
+                continue
         entry = decode_entry(item.data)
         out.append(ReadEntry(entry.index, item.key, entry.broker_timestamp, entry.batch))
     return out

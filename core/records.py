@@ -26,10 +26,11 @@ varint case (nearly every length, delta and count) and calls
 :func:`core.varint.decode_varint` for longer ones.  Every slice is checked
 against the end of its record and every record against the end of the records
 section, so malformed input raises :class:`CorruptBatch`, never ``IndexError``.
-The encoder builds each record body in a small ``bytearray``, then appends its
-length and the body to the batch buffer; lengths come from
-:data:`core.varint.VARINT_TABLE`.  Its output is byte-for-byte what
-kafka-python's ``DefaultRecordBatchBuilder`` produces (``tests/test_records_fast.py``).
+The encoder collects each record body's parts in a list and joins them once,
+then appends its length and the body to the batch buffer; lengths come from
+:data:`core.varint.VARINT_TABLE`, encoded header names from a small bounded
+cache.  Its output is byte-for-byte what kafka-python's
+``DefaultRecordBatchBuilder`` produces (``tests/test_records_fast.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 from kafka import codec as _codec
 from kafka.record.util import calc_crc32c
@@ -104,9 +106,12 @@ class Message:
     timestamp_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A message read back from the log, with its offset."""
+class StoredMessage(NamedTuple):
+    """A message read back from the log, with its offset.
+
+    A named tuple (immutable, like the frozen dataclass it was): the read path
+    builds one per record per batch read, directly with ``tuple.__new__``.
+    """
 
     offset: int
     message: Message
@@ -119,8 +124,8 @@ def _slot_setters(
 ) -> tuple[Callable[[object, object], None], ...]:
     """The slot descriptors' setters of ``cls``'s fields, checked to be exactly ``names``.
 
-    The decoder builds :class:`Message` and :class:`StoredMessage` objects with
-    ``object.__new__`` and these setters: the same slots a frozen dataclass's
+    The decoder builds :class:`Message` objects with ``object.__new__`` and
+    these setters: the same slots a frozen dataclass's
     ``__init__`` fills through ``object.__setattr__``, at about half the cost.
     The check makes any change to the fields (or a ``__post_init__``) fail at
     import rather than build half-initialised objects.
@@ -131,7 +136,8 @@ def _slot_setters(
 
 
 _MESSAGE_SETTERS = _slot_setters(Message, ("key", "value", "headers", "timestamp_ms"))
-_STORED_SETTERS = _slot_setters(StoredMessage, ("offset", "message", "control"))
+#: ``tuple.__new__``: builds a named tuple from a tuple, skipping its generated ``__new__``
+_new_tuple = tuple.__new__
 
 
 def build_batch(
@@ -200,6 +206,22 @@ def build_plain_batch(
     return bytes(out), plain
 
 
+#: header name -> its record encoding (varint length + UTF-8), for the few names in use
+_NAME_FIELDS: dict[str, bytes] = {}
+_MAX_NAME_FIELDS = 512
+
+
+def _name_field(name: str) -> bytes:
+    """The record encoding of header name ``name``, remembered (bounded) for the next batch."""
+    field_ = _NAME_FIELDS.get(name)
+    if field_ is None:
+        raw = name.encode()
+        field_ = encode_varint(len(raw)) + raw
+        if len(_NAME_FIELDS) < _MAX_NAME_FIELDS:
+            _NAME_FIELDS[name] = field_
+    return field_
+
+
 def _append_records(
     out: bytearray, messages: Iterable[Message]
 ) -> tuple[int, int, int, bool]:
@@ -209,11 +231,17 @@ def _append_records(
     are relative to the first message's timestamp, as a Kafka producer writes
     them; ``plain`` as :func:`build_plain_batch` defines it.  Raises
     ``ValueError`` as soon as the batch would not fit its int32 length.
+
+    Each record body is a list of parts joined once; header names come encoded
+    from :data:`_NAME_FIELDS` (a handler uses a handful of names).
     """
     table = VARINT_TABLE
     size = TABLE_SIZE
     enc = encode_varint
     null = NULL_VARINT
+    names_get = _NAME_FIELDS.get
+    name_field = _name_field
+    join = b"".join
     message_cls = Message
     tp, bytes_, list_, tuple_, str_ = type, bytes, list, tuple, str
     count = first_ts = max_ts = 0
@@ -226,54 +254,55 @@ def _append_records(
             first_ts = max_ts = ts
         elif ts > max_ts:
             max_ts = ts
-        body = bytearray(b"\x00")  # record attributes
         n = ts - first_ts
-        body += table[n] if 0 <= n < size else enc(n)
-        body += table[count] if count < size else enc(count)
+        parts = [
+            b"\x00",  # record attributes
+            table[n] if 0 <= n < size else enc(n),
+            table[count] if count < size else enc(count),
+        ]
+        add = parts.append
         key = msg.key
         if key is None:
-            body += null
+            add(null)
         else:
             if tp(key) is not bytes_:
                 plain = False
             n = len(key)
-            body += table[n] if n < size else enc(n)
-            body += key
+            add(table[n] if n < size else enc(n))
+            add(key)
         value = msg.value
         if value is None:
-            body += null
+            add(null)
         else:
             if tp(value) is not bytes_:
                 plain = False
             n = len(value)
-            body += table[n] if n < size else enc(n)
-            body += value
+            add(table[n] if n < size else enc(n))
+            add(value)
         headers = msg.headers
+        if tp(headers) is not list_:
+            plain = False
         n = len(headers)
-        if n:
-            if tp(headers) is not list_:
+        add(table[n] if n < size else enc(n))
+        for header in headers:
+            h_key, h_value = header
+            if tp(h_key) is str_:
+                add(names_get(h_key) or name_field(h_key))
+            else:
                 plain = False
-            body += table[n] if n < size else enc(n)
-            for header in headers:
-                h_key, h_value = header
                 raw = h_key.encode()
-                n = len(raw)
-                body += table[n] if n < size else enc(n)
-                body += raw
-                if h_value is None:
-                    body += null
-                    plain = False
-                else:
-                    if (tp(h_value) is not bytes_ or tp(h_key) is not str_
-                            or tp(header) is not tuple_):
-                        plain = False
-                    n = len(h_value)
-                    body += table[n] if n < size else enc(n)
-                    body += h_value
-        else:
-            if tp(headers) is not list_:
+                add(enc(len(raw)))
+                add(raw)
+            if h_value is None:
+                add(null)
                 plain = False
-            body += b"\x00"
+            else:
+                if tp(h_value) is not bytes_ or tp(header) is not tuple_:
+                    plain = False
+                n = len(h_value)
+                add(table[n] if n < size else enc(n))
+                add(h_value)
+        body = join(parts)
         n = len(body)
         out += table[n] if n < size else enc(n)
         out += body
@@ -354,7 +383,7 @@ def _decode_records(
     slow = decode_varint
     new = object.__new__
     set_key, set_value, set_headers, set_ts = _MESSAGE_SETTERS
-    set_offset, set_message, set_control = _STORED_SETTERS
+    new_tuple = _new_tuple
     message_cls = Message
     stored_cls = StoredMessage
     out: list[StoredMessage] = []
@@ -471,14 +500,22 @@ def _decode_records(
         set_value(msg, value)
         set_headers(msg, headers)
         set_ts(msg, first_ts + ts_delta if append_ts is None else append_ts)
-        stored = new(stored_cls)
-        set_offset(stored, base_offset + offset_delta)
-        set_message(stored, msg)
-        set_control(stored, control)
-        add(stored)
+        add(new_tuple(stored_cls, (base_offset + offset_delta, msg, control)))
     if pos != end:
         raise CorruptBatch(f"{end - pos} bytes left after the last record")
     return out
+
+
+class _Held:
+    """One batch held by :class:`FreshBatches` (its records are built on the first read)."""
+
+    __slots__ = ("entry", "messages", "records", "weight")
+
+    def __init__(self, entry: bytes, messages: list[Message], weight: int) -> None:
+        self.entry = entry
+        self.messages = messages
+        self.weight = weight
+        self.records: list[StoredMessage] | None = None
 
 
 class FreshBatches:
@@ -493,7 +530,8 @@ class FreshBatches:
     at offsets ``base_offset + i``.  Identity is checked on the object itself
     (a held entry keeps its ``id`` unique), so a copy, a file read or another
     topic's entry never matches.  The messages are shared with the appender and
-    with every reader; like decoded records they are treated as immutable.
+    with every reader, and so is the list :meth:`records` returns (built on the
+    first read); like decoded records they are treated as immutable.
 
     Bounded to ``max_batches`` entries and ``max_bytes`` of estimated memory
     (twice the entry's bytes plus a fixed overhead per message); the oldest go
@@ -505,7 +543,7 @@ class FreshBatches:
             raise ValueError("max_batches and max_bytes must be positive")
         self.max_batches = max_batches
         self.max_bytes = max_bytes
-        self._held: dict[int, tuple[object, list[Message], int]] = {}
+        self._held: dict[int, _Held] = {}
         self._order: deque[int] = deque()
         #: estimated bytes held
         self.bytes = 0
@@ -524,38 +562,38 @@ class FreshBatches:
         held = self._held
         if key in held:  # pragma: no cover - an entry is added once
             return
-        held[key] = (entry, messages, weight)
+        held[key] = _Held(entry, messages, weight)
         self._order.append(key)
         self.bytes += weight
         while len(held) > self.max_batches or self.bytes > self.max_bytes:
-            self.bytes -= held.pop(self._order.popleft())[2]
+            self.bytes -= held.pop(self._order.popleft()).weight
 
     def records(
         self, batch: memoryview, base_offset: int, count: int
     ) -> list[StoredMessage] | None:
-        """The records of ``batch`` (a view of a held entry), or None when not held."""
+        """The records of ``batch`` (a view of a held entry), or None when not held.
+
+        Every reader of one entry gets the same list (do not modify it).
+        """
         entry = batch.obj
         held = self._held.get(id(entry))
-        if held is None or held[0] is not entry:
+        if held is None or held.entry is not entry:
             return None
-        messages = held[1]
+        messages = held.messages
         if len(messages) != count:  # pragma: no cover - the entry is the batch
             return None
         self.hits += 1
-        new = object.__new__
-        set_offset, set_message, set_control = _STORED_SETTERS
+        built = held.records
+        if built is not None and built[0].offset == base_offset:
+            return built
+        new_tuple = _new_tuple
         stored_cls = StoredMessage
-        out: list[StoredMessage] = []
-        add = out.append
-        offset = base_offset
-        for message in messages:
-            stored = new(stored_cls)
-            set_offset(stored, offset)
-            set_message(stored, message)
-            set_control(stored, False)
-            add(stored)
-            offset += 1
-        return out
+        built = [
+            new_tuple(stored_cls, (offset, message, False))
+            for offset, message in enumerate(messages, base_offset)
+        ]
+        held.records = built
+        return built
 
     def clear(self) -> None:
         """Forget every held batch."""

@@ -140,6 +140,50 @@ class Consumer:
             raise trio.WouldBlock
         return self._pop()
 
+    async def receive_batch(self, max_count: int) -> list[Delivery]:
+        """Up to ``max_count`` delivered messages in delivery order; waits for the first.
+
+        :meth:`receive` for a handler that serves messages in batches: one call
+        (and, when it takes the whole inbox, no per-message bookkeeping) instead
+        of one per message.  Raises ``ValueError`` for ``max_count < 1`` and
+        :class:`ConsumerClosed` as :meth:`receive` does.
+        """
+        if max_count < 1:
+            raise ValueError("max_count must be >= 1")
+        while not self._inbox:
+            self._check_open()
+            if self._arrived is None:
+                self._arrived = trio.Event()
+            await self._arrived.wait()
+        self._check_open()
+        return self._pop_many(max_count)
+
+    def receive_batch_nowait(self, max_count: int) -> list[Delivery]:
+        """Up to ``max_count`` queued deliveries in delivery order, without waiting;
+        raises :class:`trio.WouldBlock` when none is queued (see :meth:`receive_batch`)."""
+        if max_count < 1:
+            raise ValueError("max_count must be >= 1")
+        self._check_open()
+        if not self._inbox:
+            raise trio.WouldBlock
+        return self._pop_many(max_count)
+
+    def _pop_many(self, max_count: int) -> list[Delivery]:
+        inbox = self._inbox
+        if max_count >= len(inbox):
+            out = list(inbox)
+            inbox.clear()
+            self._queued.clear()
+            return out
+        popleft = inbox.popleft
+        discard = self._queued.discard
+        out = []
+        for _ in range(max_count):
+            delivery = popleft()
+            discard((delivery.partition, delivery.offset))
+            out.append(delivery)
+        return out
+
     def _pop(self) -> Delivery:
         delivery = self._inbox.popleft()
         self._queued.discard((delivery.partition, delivery.offset))

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 from core.batch import COMPRESSION_MASK
 from core.cursor import Cursor
 from core.errors import OffsetOutOfRange
-from core.headers import is_expired
+from core.headers import any_timing_header, is_expired
 from core.names import TopicName
 from core.partition import ReadEntry
 from core.records import FreshBatches, StoredMessage, decode_batch
@@ -99,6 +99,8 @@ class DecodedBatch:
     broker_timestamp: int
     size: int
     records: list[StoredMessage]
+    #: whether any record has an expiry or delivery-time header (else none is checked)
+    timed: bool = True
 
     def start(self, position: int) -> int:
         """Index of the first record at or after ``position``."""
@@ -132,7 +134,8 @@ def _decoded(
     if records is None:
         records = decode_batch(stored if stored is not None else bytes(batch))
     return DecodedBatch(
-        entry.base_offset, entry.last_offset, entry.broker_timestamp, len(batch), records
+        entry.base_offset, entry.last_offset, entry.broker_timestamp, len(batch), records,
+        any_timing_header([r.message.headers for r in records]),
     )
 
 
@@ -159,7 +162,8 @@ class SharedBatchCache:
         self.max_bytes = max_bytes
         #: the core's recently appended messages, used instead of decoding them
         self.fresh = fresh
-        self._held: OrderedDict[tuple[str, int], tuple[bytes, DecodedBatch, int]] = (
+        # key -> (stored bytes, decoded, weight, the entry it was decoded from)
+        self._held: OrderedDict[tuple[str, int], tuple[bytes, DecodedBatch, int, ReadEntry]] = (
             OrderedDict()
         )
         self._readers: dict[str, int] = {}  # log name -> subscriptions reading it
@@ -209,9 +213,15 @@ class SharedBatchCache:
         if held is None and lone:
             self.decodes += 1  # a lone reader: nobody else would use it, so not held
             return _decoded(entry, None, self.fresh)
+        if held is not None and held[3] is entry:
+            # the very entry object (the partition hands every reader the one it built
+            # at append time): no copy and compare of its bytes
+            self._held.move_to_end(key)
+            self.hits += 1
+            return held[1]
         stored = bytes(entry.batch)
         if held is not None:
-            held_stored, batch, weight = held
+            held_stored, batch, weight, _ = held
             if batch.same_entry(entry) and held_stored == stored:
                 self._held.move_to_end(key)
                 self.hits += 1
@@ -224,10 +234,10 @@ class SharedBatchCache:
             return batch
         weight = self.weight(stored, batch)
         if weight <= self.max_bytes:
-            self._held[key] = (stored, batch, weight)
+            self._held[key] = (stored, batch, weight, entry)
             self.bytes += weight
             while len(self._held) > self.max_batches or self.bytes > self.max_bytes:
-                _, (_, _, dropped) = self._held.popitem(last=False)
+                _, (_, _, dropped, _) = self._held.popitem(last=False)
                 self.bytes -= dropped
         return batch
 
@@ -314,6 +324,9 @@ class ReadAheadFill:
     _due: dict[int, Buffered]
     #: fills in a row that read without a checkpoint (see :meth:`_read_nowait`)
     _nowait_fills: int = 0
+    #: False while no read-ahead item came from a batch with timing headers (the dispatch
+    #: then skips the header expiry check); set by :meth:`_take`, cleared when it empties
+    _ahead_timed: bool = False
 
     if TYPE_CHECKING:  # provided by PartitionSubscription
 
@@ -424,7 +437,11 @@ class ReadAheadFill:
         options = self.options
         keep = options.filter
         ttl = options.message_ttl_ms
-        honour = options.honour_expiry
+        timed = batch.timed
+        if timed:
+            self._ahead_timed = True
+        honour = options.honour_expiry and timed
+        may_delay = shared and timed
         to_dead = options.expired_to_dead_letters
         publish_ms = batch.broker_timestamp
         ttl_expired = ttl is not None and publish_ms + ttl <= now_ms
@@ -465,7 +482,7 @@ class ReadAheadFill:
                     self.expired += expired
                     auto_acked = True
                     continue
-                if shared and not to_dlq and headers:
+                if may_delay and not to_dlq and headers:
                     due_ms = deliver_at_ms(headers)
                     if due_ms is not None and due_ms > now_ms:
                         if not delayed.add(offset, due_ms):

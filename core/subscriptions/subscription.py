@@ -87,7 +87,7 @@ from core.subscriptions.redelivery import (
     publish_dead_letters,
 )
 from core.subscriptions.txn_acks import TransactionalAcks
-from core.subscriptions.types import SubscriptionType, new_delivery
+from core.subscriptions.types import Delivery, SubscriptionType
 from core.transactions.reads import wait_for_stable
 from core.transactions.visibility import IsolationLevel
 from storage.api import StorageError
@@ -109,6 +109,8 @@ DEFAULT_READ_BYTES = 1 << 20
 _RETRY_S = 1.0
 _DEAD_LETTER_BATCH = 100
 _DUE_BATCH = 100  # delayed messages read back from the log at a time
+#: ``tuple.__new__``: builds a named tuple from a tuple, skipping its generated ``__new__``
+_new_tuple = tuple.__new__
 
 
 class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
@@ -361,6 +363,7 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         offsets before it stay acknowledged.
         """
         pending, cursor = self._pending, self.cursor
+        dispatcher, partition = self._dispatcher, self.partition
         acked = False
         try:
             for offset in offsets:
@@ -369,7 +372,12 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
                     self.ack(offset)  # acked already, on its way back, or unknown
                     continue
                 cursor.ack(offset)
-                self._release(offset, held)
+                # _release, inlined
+                consumer = held.consumer
+                if dispatcher is not None:
+                    dispatcher.on_released(consumer, held.message.key)
+                if consumer._is_queued(partition, offset):
+                    consumer._take_back(partition, {offset})
                 acked = True
         finally:
             if acked:
@@ -664,14 +672,15 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
             self._deliver(target, item.offset, item.message, item.publish_time_ms, now)
         kept: deque[Buffered] = deque()
         ahead = self._read_ahead
-        may_expire = self.options.message_ttl_ms is not None
-        honour = self.options.honour_expiry
+        ttl = self.options.message_ttl_ms
+        honour = self.options.honour_expiry and self._ahead_timed
         while ahead:
             item = ahead[0]
             message = item.message
             key = message.key
-            if (may_expire or (honour and message.headers)) and self._expired(
-                message, item.publish_time_ms, now_ms
+            headers = message.headers
+            if (ttl is not None and item.publish_time_ms + ttl <= now_ms) or (
+                honour and headers and is_expired(headers, message.timestamp_ms, now_ms)
             ):
                 self._expire_message(ahead.popleft())
                 continue
@@ -690,6 +699,8 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         if kept:
             kept.extend(ahead)
             self._read_ahead = kept
+        elif not ahead:
+            self._ahead_timed = False
 
     def _expired(self, message: Message, publish_time_ms: int, now_ms: int) -> bool:
         ttl = self.options.message_ttl_ms
@@ -713,18 +724,21 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
     def _deliver(
         self, consumer: Consumer, offset: int, message: Message, publish_time_ms: int, now: float
     ) -> None:
+        # The two named tuples are built directly (what new_pending/new_delivery do, minus
+        # a call each): this runs once per message per consumer.
         timeout = self.options.redelivery.ack_timeout_s
-        self._pending[offset] = Pending(
-            consumer, message, publish_time_ms, None if timeout is None else now + timeout
+        self._pending[offset] = _new_tuple(
+            Pending,
+            (consumer, message, publish_time_ms, None if timeout is None else now + timeout),
         )
-        assert self._dispatcher is not None
-        self._dispatcher.on_delivered(consumer, message.key)
-        consumer._push(
-            new_delivery(
-                self._topic_str, self.partition, offset, message,
-                self.cursor.redelivery_count(offset), publish_time_ms,
-            )
-        )
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        dispatcher.on_delivered(consumer, message.key)
+        consumer._push(_new_tuple(
+            Delivery,
+            (self._topic_str, self.partition, offset, message,
+             self.cursor.redelivery_count(offset), publish_time_ms),
+        ))
 
     async def _publish_dead_letters(self) -> None:
         policy = self.options.redelivery
