@@ -36,10 +36,17 @@ A batch of QoS 0 messages that does not fit into that channel is dropped and cou
 client.
 
 Filters whose first level is ``+`` or ``#`` span every core topic of the namespace, including
-topics created later: :class:`TopicDirectory` tells the deliverers about new topics.  Topics
-created by MQTT publishes are announced at once; topics created through other protocols are
-found by a rescan every ``scan_interval`` seconds, run only while some session has such a
-filter.  (A core "topic created" notification would replace the rescan.)
+topics created later, through any protocol: the :class:`~.topic_directory.TopicDirectory`
+follows the core's topic creations and wakes the deliverers (:meth:`Deliverer.sync`).
+
+Where a new core subscription starts: at the end of the topic (``LATEST``) when the topic
+existed when the filter spanning it was subscribed, so history is not replayed; at its
+beginning (``EARLIEST``) when a filter subscribed earlier spans it but it has no core
+subscription yet -- the topic was created (or created again) after that SUBSCRIBE, so every
+message in it is new to the filter, including those written before the directory noticed the
+topic, or while a persistent session was offline.  A :class:`Deliverer` remembers which
+filters it has served (every filter of a resumed session was served by an earlier
+connection); a ``+``/``#`` filter counts as served only after a sync that listed the topics.
 """
 
 from __future__ import annotations
@@ -52,10 +59,9 @@ from typing import Any, Protocol
 
 import trio
 
-from core.api import Core
 from core.errors import CoreError
 from core.headers import is_expired
-from core.names import NamespaceName, TopicName
+from core.names import TopicName
 from core.records import Message
 from core.subscriptions import (
     Consumer,
@@ -71,15 +77,14 @@ from .hot_path import encode_plain_publish, plain_headers, topic_field
 from .mapping import delivery_qos, message_to_publish
 from .packet_types import MQTT_5
 from .packets import Publish
-from .retained import RETAINED_TOPIC
 from .session_state import Match, SessionState
+from .topic_directory import TopicDirectory
 from .topic_mapping import (
     AllTopics,
     Concrete,
     TopicNotMappable,
     filter_core_topics,
     record_to_mqtt_topic,
-    unescape_level,
 )
 
 __all__ = [
@@ -142,73 +147,6 @@ class Sink(Protocol):
         """Whether this connection published the message (for *no local*)."""
 
 
-class TopicDirectory:
-    """The core topics of the MQTT namespace that MQTT can reach (see the module docstring)."""
-
-    def __init__(self, core: Core, namespace: NamespaceName, scan_interval: float = 2.0) -> None:
-        self.core = core
-        self.namespace = namespace
-        self.scan_interval = scan_interval
-        self.topics: set[str] = set()
-        self._changed = trio.Event()
-        self._watchers = 0
-        self._watching = trio.Event()
-
-    @staticmethod
-    def reachable(name: str) -> bool:
-        """Whether a core topic has an MQTT first level (see ``topic_mapping``).
-
-        The retained-message topic of :mod:`handlers.mqtt.retained` is not.
-        """
-        if name == RETAINED_TOPIC:
-            return False
-        try:
-            unescape_level(name)
-        except TopicNotMappable:
-            return False
-        return True
-
-    def add(self, name: str) -> None:
-        """A topic exists (an MQTT publish created it): wake the watchers when it is new."""
-        if name not in self.topics and self.reachable(name):
-            self.topics.add(name)
-            self._changed.set()
-            self._changed = trio.Event()
-
-    def forget(self, name: str) -> None:
-        """A topic is gone (deleted); a later refresh or publish may bring it back."""
-        self.topics.discard(name)
-
-    async def refresh(self) -> None:
-        """Re-list the namespace's topics (finds topics created through other protocols)."""
-        try:
-            infos = await self.core.list_topics(self.namespace)
-        except CoreError as exc:
-            log.debug("mqtt: cannot list topics of %s: %s", self.namespace, exc)
-            return
-        for info in infos:
-            self.add(info.name.local)
-
-    async def wait_changed(self) -> None:
-        """Wait until a new topic appears (registers the caller as a watcher)."""
-        self._watchers += 1
-        self._watching.set()
-        try:
-            await self._changed.wait()
-        finally:
-            self._watchers -= 1
-            if not self._watchers:
-                self._watching = trio.Event()
-
-    async def run(self) -> None:
-        """Rescan every ``scan_interval`` seconds while someone watches."""
-        while True:
-            await self._watching.wait()
-            await trio.sleep(self.scan_interval)
-            if self._watchers:
-                await self.refresh()
-
-
 class Deliverer:
     """Delivery to one connection of one session (see the module docstring)."""
 
@@ -234,6 +172,9 @@ class Deliverer:
         self._sync_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._resync = trio.Event()
+        #: filters whose topics have been attached (those of a resumed session: all of them)
+        self._served: set[str] = set(state.subscriptions)
+        self._seen = -1  # the directory generation the last sync looked at
         self._routes: dict[tuple[str, str | None, bytes], tuple[str, bytes, Match | None]] = {}
         self._routes_at = -1
         #: QoS 0 messages dropped because the client did not keep up
@@ -284,15 +225,14 @@ class Deliverer:
 
     async def _watch_topics(self) -> None:
         while True:
-            _, everywhere = self._wanted()
-            if not everywhere:
+            if not self.spans_all_topics():
                 # nothing spans every topic: sleep until a SUBSCRIBE calls sync()
                 self._resync = trio.Event()
                 await self._resync.wait()
                 continue
-            await self.directory.wait_changed()
-            # topics that appear after the subscription: everything in them is new
-            await self.sync(InitialPosition.EARLIEST)
+            # a topic that joined the directory since the last sync looked at it
+            await self.directory.wait_changed(self._seen)
+            await self.sync()
 
     async def sync(
         self, start: InitialPosition = InitialPosition.LATEST, *, refresh: bool = False
@@ -301,14 +241,17 @@ class Deliverer:
 
         Returns the core topics that could not be subscribed (logged; e.g. a topic that does
         not exist while the core does not auto-create topics).
-        New core subscriptions start at ``start``.  With ``refresh`` the topic directory is
-        re-listed first (a new ``+``/``#`` filter: topics that exist now start at ``start``,
-        topics found later at the earliest offset).
+        A new core subscription starts at ``start`` when only filters new to this deliverer
+        span its topic, else at the earliest offset (see the module docstring).  With
+        ``refresh`` the topic directory is listed first (needed when a ``+``/``#`` filter is
+        new: the topics that exist now start at ``start``).
         """
         async with self._sync_lock:
             if refresh:
                 await self.directory.refresh()
+            self._seen = self.directory.generation
             keys, everywhere = self._wanted()
+            filters = list(self.state.subscriptions)
             if everywhere:
                 self._resync.set()
             for key in [k for k in self._consumers if k not in keys]:
@@ -317,13 +260,38 @@ class Deliverer:
             for key in keys:
                 if key in self._consumers or self._nursery is None:
                     continue
-                if not await self._attach(key, start):
+                if not await self._attach(key, self._start_for(key, start)):
                     failed.add(key[0])
+            # a +/# filter has been served once a sync attached every topic listed meanwhile
+            self._served = {f for f in filters if f in self._served or refresh
+                            or not isinstance(filter_core_topics(f), AllTopics)}
             return failed
+
+    def _start_for(self, key: _Key, start: InitialPosition) -> InitialPosition:
+        """EARLIEST when a filter served before spans ``key`` (its topic is newer than that
+        filter's SUBSCRIBE, see the module docstring); else ``start``."""
+        name, shared = key
+        if shared is not None:
+            return InitialPosition.EARLIEST if shared in self._served else start
+        for f in self._served:
+            entry = self.state.subscriptions.get(f)
+            if entry is None or entry.share_group is not None:
+                continue
+            span = filter_core_topics(f)
+            if isinstance(span, AllTopics) or (isinstance(span, Concrete) and span.name == name):
+                return InitialPosition.EARLIEST
+        return start
 
     async def _attach(self, key: _Key, start: InitialPosition) -> bool:
         name, shared = key
         kind = SubscriptionType.EXCLUSIVE if shared is None else SubscriptionType.SHARED
+        if not self._named(name, shared):
+            # found through the directory only: do not create the topic again if it was deleted
+            try:
+                await self.directory.core.topic_metadata(self._topic(name))
+            except CoreError:
+                self.directory.forget(name)
+                return True
         try:
             consumer = await self.manager.subscribe(
                 self._topic(name), core_subscription_name(self.state.client_id, shared), kind,
@@ -337,6 +305,17 @@ class Deliverer:
         assert self._nursery is not None
         self._nursery.start_soon(self._deliver_from, consumer, name, shared)
         return True
+
+    def _named(self, name: str, shared: str | None) -> bool:
+        """Whether a filter serving ``(name, shared)`` names core topic ``name`` itself."""
+        filters = self.state.subscriptions if shared is None else (shared,)
+        for f in filters:
+            if shared is None and self.state.subscriptions[f].share_group is not None:
+                continue
+            span = filter_core_topics(f)
+            if isinstance(span, Concrete) and span.name == name:
+                return True
+        return False
 
     async def _detach(self, key: _Key) -> None:
         consumer = self._consumers.pop(key)

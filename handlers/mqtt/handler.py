@@ -12,7 +12,7 @@ Settings (``[handlers.mqtt]`` in the configuration file)::
     allow_anonymous = false        # without it, CONNECT needs a user of ``polystream users``
                                    # (guest/guest works from loopback)
     connect_timeout = 10.0         # seconds to wait for CONNECT on a new connection
-    topic_scan_interval = 2.0      # rescan for topics created through other protocols
+    topic_scan_interval = 2.0      # fallback rescan for + / # filters (new topics are announced)
     max_retained = 100000          # retained messages kept
     retained_store = "log"         # "log": a compacted core topic; "metadata": metadata store
 
