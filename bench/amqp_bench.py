@@ -5,7 +5,8 @@ Run from the repository root (see ``bench/README.md``)::
     .venv/bin/python bench/amqp_bench.py [--quick] [--json out.json] [--brokers B1,B2]
 
 One publisher with pipelined publisher confirms (``--window`` unconfirmed) and one consumer
-with ``basic.qos`` prefetch (``--prefetch``, acks with ``multiple`` every prefetch/4), through
+with ``basic.qos`` prefetch (``--prefetch``, acks with ``multiple`` every prefetch/4, or each
+delivery alone with ``--single-acks``, as pika/aio-pika/kombu do), through
 the default exchange to one queue.  Matrix: 100 B and 1 KiB payloads; *transient*
 (non-durable queue, delivery mode 1) and *persistent* (durable queue, delivery mode 2).  Each
 cell is a **max** run (as fast as the confirm window and the end-to-end window, at most
@@ -41,12 +42,13 @@ TARGETS = {"transient": 1.0, "persistent": 1.5}
 def run_cell(
     broker: peers.RunningBroker, *, size: int, persistent: bool, duration: float,
     rate: float | None, window: int, prefetch: int, e2e_window: int,
+    single_acks: bool = False,
 ) -> dict[str, Any]:
     """One run: a consumer process, then a publisher process, against ``broker``."""
     target = gen.Target(broker.host, broker.port)
     kind = "persistent" if persistent else "transient"
     plan = gen.QueuePlan(f"bench-{kind}-{size}-{uuid.uuid4().hex[:8]}", size, persistent,
-                         duration, rate, window, prefetch, e2e_window)
+                         duration, rate, window, prefetch, e2e_window, single_acks)
     cell: dict[str, Any] = {
         "broker": broker.name, "mode": "rate" if rate else "max", "kind": kind, "size": size,
         "duration_s": duration, "target_rate": rate, "error": "",
@@ -127,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prefetch", type=int, default=1000, help="consumer prefetch count")
     ap.add_argument("--e2e-window", type=int, default=5000,
                     help="messages the publisher may be ahead of the consumer")
+    ap.add_argument("--single-acks", action="store_true",
+                    help="the consumer acks each delivery alone (multiple=false), as pika, "
+                         "aio-pika and kombu do; the acks of one read share one write")
     ap.add_argument("--sizes", default="100,1024")
     ap.add_argument("--kinds", default="transient,persistent")
     ap.add_argument("--durability", default=None,
@@ -155,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for rate in (None, args.rate):
                     yield run_cell(broker, size=size, persistent=kind == "persistent",
                                    duration=duration, rate=rate, window=args.window,
-                                   prefetch=args.prefetch, e2e_window=args.e2e_window)
+                                   prefetch=args.prefetch, e2e_window=args.e2e_window,
+                                   single_acks=args.single_acks)
 
     run = peers.run_brokers(names, factories, "amqp", cells, _progress)
     results, versions, notes = run.results, run.versions, run.notes

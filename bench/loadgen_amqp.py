@@ -34,6 +34,8 @@ _FRAME = struct.Struct(">BHI")
 _IDS = struct.Struct(">HH")
 _TAG = struct.Struct(">Q")
 _TS = struct.Struct(">Q")
+#: a whole Basic.Ack method frame on channel 1: frame header, class/method, tag, bits, end
+_ACK_FRAME = struct.Struct(">BHIHHQBB")
 _FRAME_METHOD, _FRAME_HEADER, _FRAME_BODY, _FRAME_HEARTBEAT = 1, 2, 3, 8
 _FRAME_END = 0xCE
 _DELIVER = (60, 60)
@@ -77,6 +79,10 @@ class QueuePlan:
     prefetch: int = 1000
     #: Messages the publisher may be ahead of the consumer (end-to-end flow control).
     e2e_window: int = 5000
+    #: Ack each delivery with its own Basic.Ack (multiple=false), as pika, aio-pika and kombu
+    #: do; the acks of one read go out in one write.  False: one ``multiple`` ack per
+    #: prefetch/4 deliveries.
+    single_acks: bool = False
 
 
 @dataclass(slots=True)
@@ -243,9 +249,18 @@ def _consume(conn: _Conn, plan: QueuePlan, expected: SharedInt,
     monotonic_ns = time.monotonic_ns
     unpack_ts = _TS.unpack_from
 
+    single_acks = plan.single_acks
+    tags: list[int] = []
+    pack_ack = _ACK_FRAME.pack
+
     def ack() -> None:
         nonlocal unacked
-        conn.send(_CHANNEL, commands.Basic.Ack(delivery_tag=last_tag, multiple=True))
+        if single_acks:
+            sock.sendall(b"".join([pack_ack(_FRAME_METHOD, _CHANNEL, 13, 60, 80, t, 0, _FRAME_END)
+                                   for t in tags]))
+            tags.clear()
+        else:
+            conn.send(_CHANNEL, commands.Basic.Ack(delivery_tag=last_tag, multiple=True))
         unacked = 0
 
     while True:
@@ -285,6 +300,8 @@ def _consume(conn: _Conn, plan: QueuePlan, expected: SharedInt,
                     tag_at = payload + 5 + buf[payload + 4]  # after the consumer-tag shortstr
                     last_tag = _TAG.unpack_from(buf, tag_at)[0]
                     unacked += 1
+                    if single_acks:
+                        tags.append(last_tag)
                 elif ids in (_CHANNEL_CLOSE, _CONNECTION_CLOSE):
                     raise ConnectionError(f"broker closed the channel: {bytes(buf[pos:end])!r}")
             pos = end
@@ -295,7 +312,7 @@ def _consume(conn: _Conn, plan: QueuePlan, expected: SharedInt,
             received += got
             progress[index] = received
             last_ns = now
-        if unacked >= ack_every:
+        if unacked >= ack_every or (single_acks and unacked):
             ack()
     if unacked:
         ack()

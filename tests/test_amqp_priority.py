@@ -131,3 +131,65 @@ def test_max_priority_above_255_is_refused(server: ServerProcess) -> None:
     finally:
         if conn.is_open:
             conn.close()
+
+
+def get_all(ch: Any, queue: str, *, auto_ack: bool) -> list[tuple[bytes, int | None]]:
+    """basic.get until the queue is empty: (body, message_count) per message."""
+    got: list[tuple[bytes, int | None]] = []
+    while True:
+        method, _, body = ch.basic_get(queue, auto_ack=auto_ack)
+        if method is None:
+            return got
+        got.append((bytes(body), method.message_count))
+        if not auto_ack:
+            ch.basic_ack(method.delivery_tag)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auto_ack", [False, True])
+def test_basic_get_hands_out_the_highest_priority_first(channel: Any, auto_ack: bool) -> None:
+    queue = f"prio-get-{auto_ack}"
+    channel.queue_declare(queue, exclusive=True, arguments={"x-max-priority": 10})
+    channel.confirm_delivery()
+    for body, priority in [(b"low", 1), (b"none", None), (b"high", 9), (b"mid", 5),
+                           (b"mid-2", 5), (b"zero", 0), (b"capped", 200)]:
+        channel.basic_publish("", queue, body, pika.BasicProperties(priority=priority))
+    got = get_all(channel, queue, auto_ack=auto_ack)
+    assert [body for body, _ in got] == [
+        b"capped", b"high", b"mid", b"mid-2", b"low", b"none", b"zero"]
+    assert got[0][1] == 6  # message_count: what is left after this one
+
+
+@pytest.mark.slow
+def test_basic_get_sees_a_higher_priority_published_between_gets(channel: Any) -> None:
+    channel.queue_declare("prio-get-live", exclusive=True, arguments={"x-max-priority": 3})
+    channel.confirm_delivery()
+    for body in (b"a", b"b"):
+        channel.basic_publish("", "prio-get-live", body, pika.BasicProperties(priority=1))
+    _, _, body = channel.basic_get("prio-get-live", auto_ack=True)
+    assert body == b"a"
+    channel.basic_publish("", "prio-get-live", b"urgent", pika.BasicProperties(priority=3))
+    assert [body for body, _ in get_all(channel, "prio-get-live", auto_ack=True)] == [
+        b"urgent", b"b"]
+
+
+@pytest.mark.slow
+def test_messages_a_get_held_go_back_when_its_channel_closes(server: ServerProcess) -> None:
+    host, port = server.address("amqp")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host, port, connection_attempts=1))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("prio-get-held", arguments={"x-max-priority": 5})
+        ch.confirm_delivery()
+        for i in range(4):
+            ch.basic_publish("", "prio-get-held", b"m%d" % i, pika.BasicProperties(priority=i))
+        _, _, body = ch.basic_get("prio-get-held", auto_ack=True)
+        assert body == b"m3"
+        ch.close()  # the three others it looked at go back to the queue
+        other = conn.channel()
+        got = get_all(other, "prio-get-held", auto_ack=True)
+        assert [body for body, _ in got] == [b"m2", b"m1", b"m0"]
+        other.queue_delete("prio-get-held")
+    finally:
+        if conn.is_open:
+            conn.close()

@@ -22,6 +22,7 @@ from handlers.amqp.errors import (
     ReplyCode,
 )
 from handlers.amqp.events import (
+    Acks,
     AuthenticationRequest,
     ChannelClosed,
     ChannelFlow,
@@ -42,6 +43,7 @@ __all__ = [
     "AMQPChannelError",
     "AMQPConnectionError",
     "AMQPError",
+    "Acks",
     "AmqpHandler",
     "AuthenticationRequest",
     "ChannelClosed",

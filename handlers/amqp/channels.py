@@ -10,6 +10,7 @@ import trio
 from core.subscriptions import Consumer
 from handlers.amqp.broker.confirms import ConfirmTracker
 from handlers.amqp.broker.consumers import ChannelDeliveries
+from handlers.amqp.priority import PriorityBuffer
 
 if TYPE_CHECKING:
     from handlers.amqp.tx import ChannelTx
@@ -34,6 +35,8 @@ class Channel:
     nurseries: dict[str, trio.Nursery] = field(default_factory=dict)
     #: basic.get's core consumers per (queue, source), open until the channel closes
     getters: dict[tuple[str, str], Consumer] = field(default_factory=dict)
+    #: what those consumers of priority queues hold, highest priority first
+    get_buffers: dict[tuple[str, str], PriorityBuffer] = field(default_factory=dict)
     credit: trio.Event = field(default_factory=trio.Event)
     closed: bool = False
     tag_seq: int = 0

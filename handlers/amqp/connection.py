@@ -40,7 +40,8 @@ in :mod:`handlers.amqp.handshake`.
 
 Hot path: on an open connection, a ``basic.publish`` whose method, header and body frames have
 all been received is handed to its channel at once, and a run of them becomes a run of
-:class:`Publish` events in one step (``_step_open``); other content frames and publishes go
+:class:`Publish` events in one step (``_step_open``); so does a run of single ``basic.ack``
+frames on one channel, as one :class:`Acks` event; other content frames and publishes go
 straight to the channel frame by frame.  ``basic.publish`` and its content header are decoded
 by the struct-based fast path of :mod:`handlers.amqp.frames` (pamqp decides whatever it cannot
 read), and deliveries go out through :meth:`~ServerConnection.send_encoded_content` (frames a
@@ -73,6 +74,7 @@ from handlers.amqp.errors import (
     ReplyCode,
 )
 from handlers.amqp.events import (
+    Acks,
     ChannelClosed,
     ChannelOpened,
     ConnectionClosed,
@@ -450,6 +452,16 @@ class ServerConnection(Handshake):
                             continue
                         if event is not None:
                             events.append(event)
+                        continue
+            else:
+                acks = reader.peek_acks()
+                if acks is not None:
+                    # basic.ack frames one by one would each become a MethodReceived
+                    number, tags, end = acks
+                    chan = channels.get(number)
+                    if chan is not None and chan.state is ChannelState.OPEN and not chan.assembling:
+                        reader.commit(end)
+                        events.append(Acks(number, tags))
                         continue
             if events:
                 return True

@@ -48,7 +48,8 @@ from handlers.amqp.priority import PRIORITY_LOOKAHEAD, PriorityBuffer
 if TYPE_CHECKING:
     from handlers.amqp.broker.vhosts import VirtualHost
 
-__all__ = ["DELIVERY_BATCH", "GET_WAIT", "UNLIMITED_PERMITS", "DeliveryMixin"]
+__all__ = ["DELIVERY_BATCH", "GET_PRIORITY_WINDOW", "GET_WAIT", "UNLIMITED_PERMITS",
+           "DeliveryMixin"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ UNLIMITED_PERMITS = 256
 DELIVERY_BATCH = 128
 #: how long ``basic.get`` waits for the core to hand over a message it knows is there
 GET_WAIT = 0.5
+#: messages a channel's ``basic.get`` may hold per source exchange of a priority queue, to hand
+#: out the highest priority among them first
+GET_PRIORITY_WINDOW = 32
 _GET_POLL = 0.01
 
 #: core consumer names sort in registration order, so that the first AMQP consumer of a
@@ -285,19 +289,23 @@ class DeliveryMixin:
         queue = vhost.registry.queue(m.queue, 60, 70)
         vhost.check_exclusive(queue, self.id, 70)
         vhost.touch(queue)
-        found = await self._get_one(chan, queue)
+        if queue.parsed.max_priority:
+            found = await self._get_prioritized(chan, queue, queue.parsed.max_priority)
+        else:
+            found = await self._get_one(chan, queue)
         if found is None:
             self._reply(chan, commands.Basic.GetEmpty())
             return
         core, delivery, source = found
         out = message_to_amqp(delivery.message)
+        # counted before a no-ack get acks it: the count includes this message either way
+        remaining = max(0, await vhost.message_count(queue) - 1)
         if m.no_ack:
             tag = chan.deliveries.next_tag()
             core.ack(delivery.partition, delivery.offset)
         else:
             tag = chan.deliveries.delivered(core, delivery.partition, delivery.offset,
                                             queue.name, None, delivery.message, source)
-        remaining = max(0, await vhost.message_count(queue) - 1)
         self.conn.send_content(chan.number, commands.Basic.GetOk(
             delivery_tag=tag, redelivered=delivery.redelivery_count > 0, exchange=source,
             routing_key=out.routing_key, message_count=remaining), out.properties, out.body)
@@ -334,6 +342,60 @@ class DeliveryMixin:
                         return core, core.receive_nowait(), source
                 await trio.sleep(_GET_POLL)
         return None
+
+    async def _get_prioritized(self, chan: Channel, queue: Queue, max_priority: int
+                               ) -> tuple[Consumer, Delivery, str] | None:
+        """:meth:`_get_one` for a priority queue: the highest priority first.
+
+        The channel's core consumer per (queue, source) may hold up to
+        :data:`GET_PRIORITY_WINDOW` messages in a :class:`PriorityBuffer`; a get tops the window
+        up while the queue holds more than the channel has, waits (up to :data:`GET_WAIT`)
+        until the core stops handing messages over, and returns the highest priority held
+        (publish order among equals).  The others stay with the channel for its next get, and
+        go back to the queue (flagged redelivered) when it closes.
+        """
+        vhost = self.vhost
+        getters: list[tuple[str, Consumer, PriorityBuffer]] = []
+        for source in vhost.sources(queue.name):
+            key = (queue.name, source)
+            core = chan.getters.get(key)
+            buffer = chan.get_buffers.get(key)
+            if core is None or core.closed or buffer is None:
+                core = await vhost.attach(queue, source, f"get-{self.id}-{chan.number}",
+                                          GET_PRIORITY_WINDOW)
+                chan.getters[key] = core
+                chan.get_buffers[key] = buffer = PriorityBuffer(max_priority)
+            getters.append((source, core, buffer))
+
+        def held() -> int:
+            for _, core, buffer in getters:
+                while core.queued:
+                    buffer.push(core.receive_nowait())
+            return sum(len(buffer) for _, _, buffer in getters)
+
+        have = held()
+        wanted = min(await vhost.message_count(queue), GET_PRIORITY_WINDOW * len(getters))
+        if wanted > have:  # the core may hold more (or better) for us: top the window up
+            for _, core, buffer in getters:
+                room = GET_PRIORITY_WINDOW - len(buffer) - core.permits
+                if room > 0:
+                    core.flow(room)
+            with trio.move_on_after(GET_WAIT):
+                while True:
+                    await trio.sleep(_GET_POLL)
+                    before, have = have, held()
+                    if have >= wanted or (have and have == before):
+                        break  # all there, or the core handed over nothing more meanwhile
+        have = held()
+        best: tuple[str, Consumer, PriorityBuffer] | None = None
+        for getter in getters:
+            buffer = getter[2]
+            if buffer and (best is None or buffer.top_priority() > best[2].top_priority()):
+                best = getter
+        if best is None:
+            return None
+        source, core, buffer = best
+        return core, buffer.pop(), source
 
     # ------------------------------------------------------------------ acks
 

@@ -7,7 +7,7 @@ The session calls :meth:`ServerConnection.next_event` until it returns ``None`` 
   answers with ``accept_auth``/``reject_auth`` or ``accept_vhost``/``reject_vhost``.
 * :class:`ConnectionTuned` tells the session the negotiated limits, notably the heartbeat.
 * :class:`ChannelOpened`, :class:`ChannelClosed`, :class:`ChannelFlow` keep broker logic in step.
-* :class:`Publish` and :class:`MethodReceived` carry work for the broker logic.
+* :class:`Publish`, :class:`Acks` and :class:`MethodReceived` carry work for the broker logic.
 * :class:`ConnectionClosing` means the broker sent ``connection.close`` (because of a protocol
   error) and waits for ``close-ok``; :class:`ConnectionClosed` is terminal: flush
   ``data_to_send()`` and close the socket.
@@ -97,6 +97,15 @@ class Publish(NamedTuple):
     raw_properties: bytes = b""
 
 
+class Acks(NamedTuple):
+    """A run of consecutive ``basic.ack`` frames with ``multiple=false`` on one open channel,
+    received together (clients such as pika ack one delivery at a time): their delivery tags
+    in the order received.  Equivalent to one :class:`MethodReceived` per tag."""
+
+    channel: int
+    tags: list[int]
+
+
 @dataclass(frozen=True, slots=True)
 class MethodReceived:
     """Any other client method for the broker logic (exchange.*, queue.*, basic.*, tx.*, …).
@@ -143,6 +152,7 @@ Event = (
     | ChannelClosed
     | ChannelFlow
     | Publish
+    | Acks
     | MethodReceived
     | ConnectionClosing
     | ConnectionClosed

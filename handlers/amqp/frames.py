@@ -56,6 +56,12 @@ _PUBLISH_IDS = _METHOD_ID.pack(60, 40)
 _DELIVER_IDS = _METHOD_ID.pack(60, 60)
 _ACK_IDS = _METHOD_ID.pack(60, 80)
 _BASIC_CLASS = 60
+#: a ``basic.ack`` method frame: type, channel, size 13, class 60 method 80 | tag, bits, end
+_METHOD_TYPE = bytes([FRAME_METHOD])
+_ACK_HEAD_TAIL = struct.pack(">IHH", 13, 60, 80)
+_ACK_HEAD_SIZE = 11
+_ACK_TAIL = struct.Struct(">qBB")  # the tag signed, as pamqp reads it
+_ACK_FRAME_SIZE = _ACK_HEAD_SIZE + _ACK_TAIL.size
 _NO_PROPERTIES = b"\x00\x00"
 # Basic properties in wire order: (attribute, flag bit, is a shortstr (else an octet)).  The
 # headers table (0x2000) and timestamp (0x0040) are left to pamqp.
@@ -216,8 +222,37 @@ class FrameReader:
             return None
         return channel, method, content, buf[at + 7 : body_end], body_end + 1
 
+    def peek_acks(self) -> tuple[int, list[int], int] | None:
+        """A run of ``basic.ack`` frames (``multiple=false``) at the read position, unconsumed.
+
+        ``(channel, delivery tags, end)`` for the longest run of whole, well-formed ack
+        frames on the channel of the first; pass ``end`` to :meth:`commit` to consume them.
+        ``None`` unless the first frame is one (read frame by frame then).
+        """
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        if size - pos < _ACK_FRAME_SIZE:
+            return None
+        head = buf[pos : pos + _ACK_HEAD_SIZE]
+        if head[:1] != _METHOD_TYPE or head[3:] != _ACK_HEAD_TAIL:
+            return None
+        tags: list[int] = []
+        unpack = _ACK_TAIL.unpack_from
+        while True:
+            tag, bits, end = unpack(buf, pos + _ACK_HEAD_SIZE)
+            if bits or end != FRAME_END:
+                break  # multiple=true or anything odd: frame by frame
+            tags.append(tag)
+            pos += _ACK_FRAME_SIZE
+            if size - pos < _ACK_FRAME_SIZE or buf[pos : pos + _ACK_HEAD_SIZE] != head:
+                break
+        if not tags:
+            return None
+        return _SHORT.unpack_from(head, 1)[0], tags, pos
+
     def commit(self, end: int) -> None:
-        """Consume up to ``end`` as returned by :meth:`peek_publish`."""
+        """Consume up to ``end`` as returned by :meth:`peek_publish` or :meth:`peek_acks`."""
         self._pos = end
 
 

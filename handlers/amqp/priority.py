@@ -13,8 +13,10 @@ the queue's ``x-max-priority`` is treated as that maximum.
 
 Limits (documented for users): the ordering holds among the messages the consumer holds at once —
 the lookahead window (plus the prefetch) of the oldest ready messages of one source exchange,
-not the whole backlog; ``basic.get`` reads in publish order; messages held in the buffer when
-the consumer stops go back to the queue flagged as redelivered.
+not the whole backlog; ``basic.get`` likewise hands out the highest priority among a window of
+:data:`~handlers.amqp.delivery.GET_PRIORITY_WINDOW` messages per source exchange, which its
+channel holds between gets; messages held in a buffer when the consumer stops (or the
+channel closes) go back to the queue flagged as redelivered.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class PriorityBuffer:
         """Hold ``delivery`` until :meth:`pop` returns it."""
         priority = message_priority(delivery, self.max_priority)
         heapq.heappush(self._heap, (-priority, next(self._seq), delivery))
+
+    def top_priority(self) -> int:
+        """The priority :meth:`pop` would return next (IndexError when empty)."""
+        return -self._heap[0][0]
 
     def pop(self) -> Delivery:
         """The held delivery with the highest priority (IndexError when empty)."""

@@ -13,10 +13,12 @@ One nursery per connection holds:
 * one **consumer** task per ``basic.consume`` with a delivery pump per source exchange
   (:mod:`handlers.amqp.delivery`).
 
-Per-batch work on the publish path: one read (up to :data:`RECEIVE_SIZE`) becomes one batch;
-routes come from the registry's cache, the ``x-max-length`` checks run only while some queue
-of the vhost has a limit, and the confirms of a batch go out as one ``multiple`` ack per
-channel and run (:class:`~handlers.amqp.broker.confirms.ConfirmTracker`).
+Per-batch work on the publish path: one read (up to :data:`RECEIVE_SIZE`) becomes one batch
+(:mod:`handlers.amqp.publishing`).  Likewise consecutive single ``basic.ack`` frames (pika,
+aio-pika and kombu ack one delivery at a time; the state machine hands a run of them over as
+one :class:`~handlers.amqp.events.Acks` event) are resolved in order as they come and settled
+together when the run ends, before any other event is handled: one core ``ack_many`` per core
+consumer and partition, one prefetch wake-up per channel.
 
 Memory alarm (:mod:`handlers.amqp.memory`): when a read brought a ``basic.publish`` while the
 broker-wide alarm is raised, the reader stores it, sends ``connection.blocked`` (if the client
@@ -24,10 +26,10 @@ announced the capability) and stops reading the socket until the alarm clears, t
 ``connection.unblocked``.  Consumer tasks keep delivering meanwhile; the client's acks and
 heartbeats wait unread in the socket, as on RabbitMQ.
 
-Per-channel state is :class:`~handlers.amqp.channels.Channel`; consumers, ``basic.get`` and
-acks live in :class:`~handlers.amqp.delivery.DeliveryMixin`, confirm and tx mode (on the core's
-transaction engine) in :class:`~handlers.amqp.tx.TxMixin`.  A transactional channel's
-publishes are routed with the others but appended inside its transaction.
+Per-channel state is :class:`~handlers.amqp.channels.Channel`; publishes and publisher
+confirms live in :class:`~handlers.amqp.publishing.PublishMixin`, consumers, ``basic.get`` and
+acks in :class:`~handlers.amqp.delivery.DeliveryMixin`, confirm and tx mode (on the core's
+transaction engine) in :class:`~handlers.amqp.tx.TxMixin`.
 
 Timeouts all go through trio's clock: the handshake must finish within
 :data:`HANDSHAKE_TIMEOUT`, a client that promised heartbeats is dropped after two silent
@@ -45,19 +47,17 @@ from typing import Any
 import trio
 from pamqp import base, commands
 
-from core.api import wall_clock_ms
 from core.errors import CoreError
 from core.handler import ConnectionInfo
-from core.records import Message
 from core.subscriptions import SubscriptionError
-from core.transactions import TransactionError
 from handlers.amqp.broker.bindings import DestinationKind
-from handlers.amqp.broker.registry import Registry, Route
+from handlers.amqp.broker.consumers import Unacked
 from handlers.amqp.broker.vhosts import VhostDirectory, VirtualHost
 from handlers.amqp.channels import Channel
 from handlers.amqp.connection import ServerConnection, ServerSettings
 from handlers.amqp.errors import AMQPChannelError, AMQPConnectionError, ReplyCode
 from handlers.amqp.events import (
+    Acks,
     AuthenticationRequest,
     ChannelClosed,
     ChannelFlow,
@@ -69,8 +69,8 @@ from handlers.amqp.events import (
     Publish,
     VhostRequest,
 )
-from handlers.amqp.mapping import publish_to_message
 from handlers.amqp.memory import MemoryMonitor
+from handlers.amqp.publishing import PublishMixin
 from handlers.amqp.tx import TxMixin
 
 __all__ = ["CLOSE_TIMEOUT", "HANDSHAKE_TIMEOUT", "AmqpSession"]
@@ -88,7 +88,7 @@ RECEIVE_SIZE_BACKLOG = 256 * 1024
 _connection_ids = iter(range(1, 2**62))
 
 
-class AmqpSession(TxMixin):
+class AmqpSession(PublishMixin, TxMixin):
     """One AMQP connection (see the module docstring)."""
 
     def __init__(
@@ -121,6 +121,7 @@ class AmqpSession(TxMixin):
         self._last_sent = 0.0
         self._nursery: trio.Nursery | None = None
         self._publishes: list[Publish] = []
+        self._acks: dict[Channel, list[Unacked]] = {}
         self._memory = memory
         self._published = False
 
@@ -147,6 +148,8 @@ class AmqpSession(TxMixin):
                 await self._cleanup()
 
     async def _cleanup(self) -> None:
+        if self._acks:  # acks read before the connection broke count
+            self._settle_acks()
         for chan in list(self._channels.values()):
             await self._drop_channel(chan)
         self._channels.clear()
@@ -255,22 +258,83 @@ class AmqpSession(TxMixin):
     # ------------------------------------------------------------------ events
 
     async def _handle_events(self) -> ConnectionClosed | None:
+        acks = self._acks
         while True:
             event = self.conn.next_event()
             if event is None:
                 break
             if isinstance(event, Publish):
+                if acks:
+                    self._settle_acks()
                 self._publishes.append(event)
                 self._published = True
                 continue
             if self._publishes:
                 await self._store_publishes()
+            if type(event) is Acks:
+                if self._take_acks(event.channel, event.tags):
+                    continue
+                await self._acks_one_by_one(event.channel, event.tags)
+                continue
+            if (type(event) is MethodReceived and type(event.method) is commands.Basic.Ack
+                    and not event.method.multiple
+                    and self._take_acks(event.channel, [event.method.delivery_tag])):
+                continue
+            if acks:
+                self._settle_acks()
             if isinstance(event, ConnectionClosed):
                 return event
             await self._handle(event)
+        if acks:
+            self._settle_acks()
         if self._publishes:
             await self._store_publishes()
         return None
+
+    def _take_acks(self, number: int, tags: list[int]) -> bool:
+        """Collect single ``basic.ack`` tags of a non-transactional channel for
+        :meth:`_settle_acks`.
+
+        Consecutive acks (pika, aio-pika and kombu ack one delivery at a time) settle together:
+        one core ``ack_many`` per core consumer and partition and one prefetch wake-up per
+        channel, at the end of the run, before the session handles any other event or waits
+        for anything.  The tags are resolved here, in order.  False (nothing taken) when the
+        channel is transactional or gone, or a tag is not unacked (a channel error): then
+        :meth:`_acks_one_by_one` handles them.
+        """
+        chan = self._channels.get(number)
+        if chan is None or chan.closed or chan.tx is not None:
+            return False
+        deliveries = chan.deliveries
+        if not deliveries.all_unacked(tags):
+            return False
+        taken = deliveries.take_tags(tags)
+        items = self._acks.get(chan)
+        if items is None:
+            self._acks[chan] = taken
+        else:
+            items += taken
+        return True
+
+    async def _acks_one_by_one(self, number: int, tags: list[int]) -> None:
+        """Acks the fast path refused: each as its own ``basic.ack``, as received."""
+        for tag in tags:
+            chan = self._channels.get(number)
+            if chan is None or chan.closed:
+                return  # closed by an earlier tag: the rest is discarded, as on a closing channel
+            if chan.tx is None and self._take_acks(number, [tag]):
+                continue
+            if self._acks:
+                self._settle_acks()
+            await self._method(number, commands.Basic.Ack(delivery_tag=tag, multiple=False))
+
+    def _settle_acks(self) -> None:
+        """Settle the acks :meth:`_take_acks` collected, channel by channel."""
+        acks = self._acks
+        runs = list(acks.items())
+        acks.clear()
+        for chan, items in runs:
+            self._settle(chan, items, "ack")
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, AuthenticationRequest):
@@ -400,107 +464,6 @@ class AmqpSession(TxMixin):
         await self._flush()  # consumer cancel notifications first
         self._reply(chan, commands.Queue.DeleteOk(message_count=count), m.nowait)
 
-    # ------------------------------------------------------------------ publish
-
-    async def _store_publishes(self) -> None:
-        batch, self._publishes = self._publishes, []
-        accepted: list[tuple[Channel, Publish, Message, Route, int | None]] = []
-        refused: list[tuple[Channel, int | None]] = []
-        pending: dict[str, int] = {}
-        failed: set[int] = set()
-        transactional: dict[Channel, list[tuple[Publish, Message, Route]]] = {}
-        now = wall_clock_ms()
-        vhost = self.vhost
-        registry = vhost.registry
-        # x-max-length checks cost an await per message: only when some queue has a limit
-        limited = registry.length_limited > 0
-        for publish in batch:
-            chan = self._channels.get(publish.channel)
-            if chan is None or chan.closed or publish.channel in failed:
-                continue
-            try:
-                message, route = self._route(publish, now, registry)
-            except AMQPChannelError as exc:
-                failed.add(publish.channel)
-                self.conn.close_channel(publish.channel, exc.reply_code, exc.reply_text,
-                                        exc.class_id, exc.method_id)
-                await self._drop_channel(chan)
-                continue
-            if chan.tx is not None:
-                transactional.setdefault(chan, []).append((publish, message, route))
-                continue
-            seq = chan.confirms.publish() if chan.confirms is not None else None
-            if limited and await vhost.refuses(route, pending):
-                refused.append((chan, seq))  # x-overflow=reject-publish: nacked, not stored
-                continue
-            accepted.append((chan, publish, message, route, seq))
-        for chan, routed in transactional.items():
-            await self._store_in_tx(chan, routed)
-        ok = True
-        if accepted:
-            try:
-                await vhost.store([(msg, route) for _, _, msg, route, _ in accepted])
-                if limited:
-                    await vhost.trim([route for _, _, _, route, _ in accepted])
-            except (CoreError, SubscriptionError) as exc:
-                ok = False
-                log.warning("amqp %s: storing %d published message(s) failed: %s", self.peer,
-                            len(accepted), exc)
-        settle: dict[int, tuple[list[int], list[int]]] = {}
-        for chan, publish, _, route, seq in accepted:
-            if ok and publish.method.mandatory and not route.routed:
-                self.conn.send_content(
-                    chan.number,
-                    commands.Basic.Return(reply_code=312, reply_text="NO_ROUTE",
-                                          exchange=publish.method.exchange,
-                                          routing_key=publish.method.routing_key),
-                    publish.properties, publish.body)
-            if seq is not None:
-                settle.setdefault(chan.number, ([], []))[0 if ok else 1].append(seq)
-        for chan, seq in refused:
-            if seq is not None:
-                settle.setdefault(chan.number, ([], []))[1].append(seq)
-        for number, (acks, nacks) in settle.items():
-            confirms = self._channels[number].confirms
-            assert confirms is not None
-            for confirm in confirms.settle(acks, True) + confirms.settle(nacks, False):
-                method: base.Frame
-                if confirm.ack:
-                    method = commands.Basic.Ack(delivery_tag=confirm.delivery_tag,
-                                                multiple=confirm.multiple)
-                else:
-                    method = commands.Basic.Nack(delivery_tag=confirm.delivery_tag,
-                                                 multiple=confirm.multiple, requeue=False)
-                self.conn.send_method(number, method)
-
-    async def _store_in_tx(self, chan: Channel,
-                           routed: list[tuple[Publish, Message, Route]]) -> None:
-        """Append a transactional channel's publishes inside its transaction."""
-        if chan.tx is None or chan.closed:
-            return
-        try:
-            await chan.tx.publish(self.vhost, routed)
-        except (TransactionError, AMQPChannelError) as exc:
-            log.info("amqp %s: channel %d: transactional publish failed: %s", self.peer,
-                     chan.number, exc)
-            code, text = ReplyCode.PRECONDITION_FAILED, f"transactional publish failed: {exc}"
-            if isinstance(exc, AMQPChannelError):
-                code, text = exc.reply_code, exc.reply_text
-            self.conn.close_channel(chan.number, code, text, 60, 40)
-            await self._drop_channel(chan)
-
-    def _route(self, publish: Publish, now_ms: int, registry: Registry) -> tuple[Message, Route]:
-        method = publish.method
-        exchange = registry.exchange(method.exchange, 60, 40)
-        if exchange.internal:
-            raise AMQPChannelError(
-                ReplyCode.ACCESS_REFUSED,
-                f"cannot publish to internal exchange '{exchange.name}' in vhost "
-                f"'{self.vhost.name}'", 60, 40)
-        message = publish_to_message(publish, now_ms)
-        # the routing key as published (what the message key decodes back to)
-        return message, registry.route(exchange.name, method.routing_key, message.headers)
-
     # ------------------------------------------------------------------ channel end
 
     async def _drop_channel(self, chan: Channel) -> None:
@@ -522,6 +485,7 @@ class AmqpSession(TxMixin):
         for core in chan.getters.values():
             core.close("channel closed")
         chan.getters.clear()
+        chan.get_buffers.clear()
         chan.deliveries.consumers.clear()
 
 

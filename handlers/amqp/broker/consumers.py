@@ -134,6 +134,18 @@ class ChannelDeliveries:
             tags = [delivery_tag]
         return [self._pop(t) for t in tags]
 
+    def all_unacked(self, tags: list[int]) -> bool:
+        """Whether every tag in ``tags`` names a distinct unacked delivery."""
+        unacked = self._unacked
+        if len(tags) == 1:
+            return tags[0] in unacked
+        return all(t in unacked for t in tags) and len(set(tags)) == len(tags)
+
+    def take_tags(self, tags: list[int]) -> list[Unacked]:
+        """Remove and return the deliveries of single acks (each tag checked by
+        :meth:`all_unacked`), in the order given."""
+        return [self._pop(t) for t in tags]
+
     def take_all(self) -> list[Unacked]:
         """Every unacked message (channel close, ``basic.recover``)."""
         return [self._pop(t) for t in list(self._unacked)]
