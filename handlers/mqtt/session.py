@@ -17,7 +17,9 @@ four tasks share one nursery:
 * the *storer* appends what the reader queued, the runs waiting together with one append per
   core partition (one shared fsync), and acknowledges each PUBLISH (PUBACK, PUBREC), in
   order and as one send, only once the append is durable.  QoS 2 packet ids are remembered
-  until PUBREL (in the stored session too), so a re-sent PUBLISH is stored once.  A refusal
+  until PUBREL (in the stored session too), so a re-sent PUBLISH is stored once: the PUBREC
+  of a new one waits until the session is stored with its id (one write per run; none for
+  sessions that are not persisted), the PUBCOMP until it is stored without it.  A refusal
   that ends the connection stops the reader; what the reader queued before it stopped is
   still stored (within ``GOODBYE_TIMEOUT_S``);
 * the *writer* drains the connection's :class:`~handlers.mqtt.outbox.Outbox` (a bounded
@@ -49,6 +51,7 @@ from core.handler import ConnectionInfo
 from core.headers import is_expired
 from core.listeners import format_host_port
 from core.records import Message
+from storage.api import StorageError
 
 from .delivery import Deliverer, Token
 from .encoder import encode
@@ -431,6 +434,7 @@ class MqttSession:
             if batch:
                 batch, done = [], batch
                 await self._submit(done)
+            await self._save_released()
             await self._out.flush_replies()
         finally:
             if pubacks:
@@ -442,6 +446,21 @@ class MqttSession:
             if self._save_due and self._state is not None:
                 self._save_due = False
                 self._ctx.sessions.save_soon(self._state)
+
+    async def _save_released(self) -> None:
+        """Store the session once PUBREL packets released QoS 2 ids (before their PUBCOMP
+        goes out: after PUBCOMP the client may reuse an id, which a stale stored session
+        would take for a duplicate after a restart).  One write per burst; none when the
+        session is not persisted."""
+        if not self._save_due or self._state is None:
+            return
+        self._save_due = False
+        if self._state.expiry_interval:
+            try:
+                await self._ctx.sessions.save(self._state)
+            except StorageError as exc:
+                raise _End(f"cannot save the session: {exc}",
+                           ReasonCode.UNSPECIFIED_ERROR) from exc
 
     # ------------------------------------------------------------ storing publications
 
@@ -541,6 +560,7 @@ class MqttSession:
                 self._deliverer.acknowledged(flight.token)
         elif isinstance(packet, PubRec | PubRel | PubComp):
             self._on_qos2_step(packet)
+            await self._save_released()
             await self._out.flush_replies()
         elif isinstance(packet, Subscribe):
             await self._on_subscribe(packet)
@@ -591,6 +611,7 @@ class MqttSession:
         remember = any(e.no_local for e in state.subscriptions.values())
         end: _End | None = None
         acks = bytearray()  # all the acknowledgements go out as one send-channel item
+        held = -1  # where the first PUBREC of a newly stored QoS 2 message starts in ``acks``
         level = self.protocol_level
         for packet, store in plan:
             code = 0
@@ -612,15 +633,28 @@ class MqttSession:
             if packet.qos == 1:
                 acks += puback_bytes(pid) if not code else encode(PubAck(pid, code), level)
             else:
-                if code < 0x80:
+                if code < 0x80 and store:
                     state.stored_qos2(pid)
+                    if held < 0:
+                        held = len(acks)
                 acks += encode(PubRec(pid, code), level)
+        if held >= 0 and state.expiry_interval:
+            # exactly once across a crash: a PUBREC goes out only once the stored session
+            # knows its packet id, else a PUBLISH re-sent after a restart is stored again
+            if held:
+                await self._out.send(bytes(acks[:held]))
+            try:
+                await self._ctx.sessions.save(state)
+            except StorageError as exc:
+                log.warning("mqtt %s: client %r: cannot save the session: %s", self.peer,
+                            self.client_id, exc)
+                raise _End(f"cannot save the session: {exc}",
+                           ReasonCode.UNSPECIFIED_ERROR) from exc
+            del acks[:held]
         if acks:
             await self._out.send(bytes(acks))
         else:
             await self._out.flush_replies()
-        if batch_qos2:
-            self._ctx.sessions.save_soon(state)
         if end is not None:
             raise end
         if error is not None:

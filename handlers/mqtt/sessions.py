@@ -189,13 +189,15 @@ class SessionRegistry:
                 json.dumps(record, separators=(",", ":")).encode())
 
     async def save(self, state: AnyState, *, online: bool = True) -> None:
-        """Store a persistent session (no-op for expiry interval 0)."""
+        """Store a persistent session (no-op for expiry interval 0); durable on return (a
+        metadata store ``put``: SQLite with ``synchronous=FULL`` in the embedded backend)."""
         if state.expiry_interval == 0:
             return
         await self._metadata.put(*self._record(state, online))
 
     def save_soon(self, state: AnyState) -> None:
-        """Store an online persistent session with a coalesced write (QoS 2 packet ids)."""
+        """Store an online persistent session with a coalesced write, not waiting for it
+        (best effort: where a crash must not lose the change, use :meth:`save`)."""
         if state.expiry_interval and self._live.get(state.client_id) is not None:
             try:
                 self._metadata.put_coalesced(*self._record(state, True))
