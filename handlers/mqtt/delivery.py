@@ -73,7 +73,7 @@ from core.subscriptions import (
 )
 from core.subscriptions.types import Delivery
 
-from .hot_path import encode_plain_publish, plain_headers, topic_field
+from .hot_path import plain_headers, plain_publish_parts, topic_field
 from .mapping import delivery_qos, message_to_publish
 from .packet_types import MQTT_5
 from .packets import Publish
@@ -133,10 +133,10 @@ class Sink(Protocol):
         """Whether PUBLISH packets go through topic alias assignment (no bytes fast path)."""
 
     async def send_publishes(
-        self, packets: Sequence[Publish | bytes], *, droppable: bool
+        self, packets: Sequence[Publish | bytes | tuple[bytes, ...]], *, droppable: bool
     ) -> list[bool] | None:
-        """Encode ``packets`` (bytes: already encoded) and queue them as one item of the send
-        channel.
+        """Encode ``packets`` (bytes: already encoded; a tuple: already encoded, in pieces
+        to be concatenated) and queue them as one item of the send channel.
 
         With ``droppable`` (QoS 0 only) nothing waits: None when the channel is full
         (nothing queued).  Otherwise waits for room.  Returns, per packet, whether it was
@@ -480,7 +480,7 @@ class Deliverer:
         v5 = level == MQTT_5
         plain_ok = not self.sink.uses_topic_aliases
         now = self._wall_ms()
-        packets: list[Publish | bytes] = []
+        packets: list[Publish | bytes | tuple[bytes, ...]] = []
         tokens: list[Token | None] = []  # None: QoS 0 (settled once queued or dropped)
         qos0: list[Token] = []
         matches: dict[str, Match | None] = {}  # messages of a batch often share a topic
@@ -519,7 +519,7 @@ class Deliverer:
                             self._quota.release()
                             return
                         pid, dup = self._start(qos, token, core_topic, shared, d)
-                    packets.append(encode_plain_publish(
+                    packets.append(plain_publish_parts(
                         field, msg.value if msg.value is not None else b"", qos,
                         match.retain_as_published and plain[2], dup, pid, v5))
                     if qos:
@@ -585,7 +585,8 @@ class Deliverer:
                 pid is not None or d.redelivery_count > 0)
 
     async def _flush(
-        self, packets: list[Publish | bytes], tokens: list[Token | None], qos0: list[Token]
+        self, packets: list[Publish | bytes | tuple[bytes, ...]], tokens: list[Token | None],
+        qos0: list[Token],
     ) -> None:
         if not packets:
             return

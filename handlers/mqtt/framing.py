@@ -68,7 +68,10 @@ class PacketReader:
         self.max_packet_size = max_packet_size
         self._version = protocol_version
         self._accepted = CLIENT_TO_SERVER if role is Role.SERVER else SERVER_TO_CLIENT
-        self._buffer = bytearray()
+        #: received bytes (immutable: a read is kept as it came, packets are sliced from it)
+        self._buffer = b""
+        #: where the first unconsumed byte of ``_buffer`` is
+        self._pos = 0
 
     @property
     def protocol_version(self) -> int | None:
@@ -78,11 +81,22 @@ class PacketReader:
     @property
     def buffered(self) -> int:
         """Number of bytes received but not yet consumed."""
-        return len(self._buffer)
+        return len(self._buffer) - self._pos
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes read from the peer."""
-        self._buffer += data
+        """Append bytes read from the peer.
+
+        Consumed bytes are never moved: a read that finds nothing left over becomes the buffer
+        as it is, and only a partial packet left over is copied, once, in front of the next
+        read (deleting each packet from the front of a growing bytearray cost a copy of the
+        rest every time the buffer shrank by half).
+        """
+        rest = len(self._buffer) - self._pos
+        if rest:
+            self._buffer = self._buffer[self._pos:] + data
+        else:
+            self._buffer = data if type(data) is bytes else bytes(data)
+        self._pos = 0
 
     def next_packet(self) -> Packet | None:
         """Return the next complete packet, or ``None`` if more data is needed.
@@ -92,14 +106,17 @@ class PacketReader:
         reason code where the protocol allows one).
         """
         buf = self._buffer
-        size = len(buf)
+        at = self._pos
+        size = len(buf) - at
         if size < 2:
             return None
-        if buf[1] < 0x80:
-            remaining, start = buf[1], 2
+        if buf[at + 1] < 0x80:
+            remaining, start = buf[at + 1], 2
+        elif size > 2 and 0 < buf[at + 2] < 0x80:  # 128 B to 16 KiB: two length bytes
+            remaining, start = (buf[at + 1] & 0x7F) | buf[at + 2] << 7, 3
         else:
             try:
-                remaining, start = decode_varint(memoryview(bytes(buf[:5])), 1)
+                remaining, start = decode_varint(memoryview(buf[at:at + 5]), 1)
             except NeedMoreData:
                 return None
         total = start + remaining
@@ -109,22 +126,22 @@ class PacketReader:
             )
         if size < total:
             return None
-        first = buf[0]
+        first = buf[at]
         if self._version is not None:
             # the two packets of every QoS 1 message, in their common forms: no copies, no
             # general decoder (anything unusual, errors included, takes the path below)
-            if first == _PUBACK_FIRST and remaining == 2 and (buf[2] or buf[3]):
-                packet_id = buf[2] << 8 | buf[3]
-                del buf[:4]
+            if first == _PUBACK_FIRST and remaining == 2 and (buf[at + 2] or buf[at + 3]):
+                packet_id = buf[at + 2] << 8 | buf[at + 3]
+                self._pos = at + 4
                 return new_puback(packet_id)
             if first >> 4 == _PUBLISH:
-                fast = self._plain_publish(buf, first, start, total)
+                fast = self._plain_publish(buf, first, at + start, at + total)
                 if fast is not None:
-                    del buf[:total]
+                    self._pos = at + total
                     return fast
         self._check_type(first >> 4)
-        data = bytes(buf[:total])
-        del buf[:total]
+        data = buf[at:at + total]
+        self._pos = at + total
         version = self._version
         packet = decode_packet(
             first, memoryview(data)[start:], MQTT_311 if version is None else version
@@ -151,21 +168,22 @@ class PacketReader:
             return 0
         buf = self._buffer
         size = len(buf)
-        pos = 0
+        pos = start = self._pos
         while pos + 4 <= size and buf[pos] == _PUBACK_FIRST and buf[pos + 1] == 2:
             packet_id = buf[pos + 2] << 8 | buf[pos + 3]
             if not packet_id:
                 break
             into.append(packet_id)
             pos += 4
-        if pos:
-            del buf[:pos]
-        return pos >> 2
+        self._pos = pos
+        return (pos - start) >> 2
 
     def _plain_publish(
-        self, buf: bytearray, first: int, start: int, total: int
+        self, buf: bytes, first: int, start: int, total: int
     ) -> Publish | None:
-        """A well-formed PUBLISH without properties at the front of ``buf``, else None."""
+        """A well-formed PUBLISH without properties in ``buf``, else None.
+
+        ``start`` is where its variable header begins and ``total`` where the packet ends."""
         qos = (first >> 1) & 0x03
         if qos == 3 or (first & 0x08 and not qos) or start + 2 > total:
             return None
@@ -188,7 +206,7 @@ class PacketReader:
             return None
         if not topic or "+" in topic or "#" in topic or "\x00" in topic:
             return None
-        return new_publish(topic, bytes(buf[pos:total]), qos, bool(first & 0x01),
+        return new_publish(topic, buf[pos:total], qos, bool(first & 0x01),
                            bool(first & 0x08), packet_id, EMPTY_PROPERTIES)
 
     def _check_type(self, ptype: int) -> None:

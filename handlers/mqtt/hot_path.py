@@ -15,9 +15,10 @@ holds their cheap forms so the general codec stays readable:
 * :func:`plain_headers` recognises the headers an MQTT publish without MQTT 5 properties is
   stored with (topic, QoS, and the retain flag when set; see :mod:`.mapping`), and
   :func:`encode_plain_publish` writes the PUBLISH delivering such a message straight to
-  bytes.  Both agree with :func:`.mapping.message_to_publish` followed by
-  :func:`.encoder.encode` for those messages (the tests check it); anything else takes that
-  general path.
+  bytes; :func:`plain_publish_parts` gives the same bytes in pieces (the payload among them,
+  not copied), so a batch of deliveries is joined into one write with one copy per payload.
+  Both agree with :func:`.mapping.message_to_publish` followed by :func:`.encoder.encode`
+  for those messages (the tests check it); anything else takes that general path.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "new_puback",
     "new_publish",
     "plain_headers",
+    "plain_publish_parts",
     "puback_bytes",
     "topic_field",
 ]
@@ -144,18 +146,27 @@ def encode_plain_publish(
 ) -> bytes:
     """A PUBLISH without properties: ``topic`` from :func:`topic_field`; ``packet_id`` only
     (and required) when ``qos`` is 1 or 2."""
+    return b"".join(plain_publish_parts(topic, payload, qos, retain, dup, packet_id, v5))
+
+
+def plain_publish_parts(
+    topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool, packet_id: int | None,
+    v5: bool,
+) -> tuple[bytes, ...]:
+    """:func:`encode_plain_publish` in pieces: their concatenation is the packet."""
     first = 0x30 | dup << 3 | qos << 1 | retain
     size = len(topic) + len(payload) + v5
     if qos:
         assert packet_id is not None
         size += 2
-        parts = [_FIRST_BYTES[first], encode_varint(size), topic, packet_id.to_bytes(2, "big")]
-    else:
-        parts = [_FIRST_BYTES[first], encode_varint(size), topic]
+        if v5:
+            return (_FIRST_BYTES[first], encode_varint(size), topic,
+                    packet_id.to_bytes(2, "big"), b"\x00", payload)
+        return (_FIRST_BYTES[first], encode_varint(size), topic, packet_id.to_bytes(2, "big"),
+                payload)
     if v5:
-        parts.append(b"\x00")
-    parts.append(payload)
-    return b"".join(parts)
+        return _FIRST_BYTES[first], encode_varint(size), topic, b"\x00", payload
+    return _FIRST_BYTES[first], encode_varint(size), topic, payload
 
 
 _FIRST_BYTES = [bytes((i,)) for i in range(256)]

@@ -102,15 +102,18 @@ class Outbox:
             # what is queued by now goes in one write (one syscall, not one per item); no
             # extra checkpoint to wait for more: that would delay every write by a scheduler
             # round, and each producer already queues a whole burst as one item
-            chunk: bytes | bytearray = data
-            while len(chunk) < WRITE_CHUNK:
+            size = len(data)
+            parts: list[bytes] | None = None
+            while size < WRITE_CHUNK:
                 try:
                     more = self._queue.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                if chunk is data:
-                    chunk = bytearray(data)
-                chunk += more
+                if parts is None:
+                    parts = [data]
+                parts.append(more)
+                size += len(more)
+            chunk = data if parts is None else b"".join(parts)  # one copy, sized once
             self.stream_broken = True
             await stream.send_all(chunk)
             self.stream_broken = False
@@ -136,7 +139,7 @@ class Outbox:
         return self.aliases.maximum > 0
 
     async def send_publishes(
-        self, packets: Sequence[Publish | bytes], *, droppable: bool
+        self, packets: Sequence[Publish | bytes | tuple[bytes, ...]], *, droppable: bool
     ) -> list[bool] | None:
         """See :meth:`handlers.mqtt.delivery.Sink.send_publishes`."""
         if droppable:
@@ -178,13 +181,19 @@ class Outbox:
             self._local_set.discard(self._local.popleft())
 
     def _encode_batch(
-        self, packets: Sequence[Publish | bytes], use_alias: bool
+        self, packets: Sequence[Publish | bytes | tuple[bytes, ...]], use_alias: bool
     ) -> tuple[bytes, list[bool], dict[str, int]]:
-        chunk = bytearray()
+        parts: list[bytes] = []
         queued: list[bool] = []
         fresh: dict[str, int] = {}
         limit = self.max_packet_size
         for packet in packets:
+            if isinstance(packet, tuple):  # encoded in pieces: joined below with the rest
+                fits = limit is None or sum(map(len, packet)) <= limit
+                queued.append(fits)
+                if fits:
+                    parts.extend(packet)
+                continue
             if isinstance(packet, bytes):
                 data: bytes | None = packet
                 if limit is not None and len(packet) > limit:
@@ -193,8 +202,8 @@ class Outbox:
                 data = self._encode_publish(packet, use_alias, fresh)
             queued.append(data is not None)
             if data is not None:
-                chunk += data
-        return bytes(chunk), queued, fresh
+                parts.append(data)
+        return b"".join(parts), queued, fresh
 
     def _encode_publish(
         self, packet: Publish, use_alias: bool, fresh: dict[str, int]
