@@ -145,8 +145,11 @@ def test_three_consumers_rebalance_without_loss_or_rereading(server: ServerProce
             c.commit(message=msg, asynchronous=False)
         except ck.KafkaException as exc:
             # during a rebalance Kafka refuses commits; the record then counts as uncommitted
+            # (UNKNOWN_MEMBER_ID: seen about once in eight runs while the cooperative group
+            # settles; the member rejoins — the invariants below still have to hold)
             assert exc.args[0].code() in (ck.KafkaError.REBALANCE_IN_PROGRESS,
-                                          ck.KafkaError.ILLEGAL_GENERATION), exc
+                                          ck.KafkaError.ILLEGAL_GENERATION,
+                                          ck.KafkaError.UNKNOWN_MEMBER_ID), exc
         else:
             committed_upto[partition] = max(committed_upto[partition], offset + 1)
 
