@@ -24,8 +24,8 @@ T = TypeVar("T")
 class RecentEntries(Generic[T]):
     """A bounded identity map from entry objects to values derived from them.
 
-    Holds at most ``max_entries`` entries and ``max_bytes`` of their bytes; the
-    oldest go first.  Not thread-safe (one trio run).
+    Holds at most ``max_entries`` entries and ``max_bytes`` of their weight (by
+    default an entry's length); the oldest go first.  Not thread-safe (one trio run).
     """
 
     def __init__(self, max_entries: int = 256, max_bytes: int = 8 << 20) -> None:
@@ -33,9 +33,9 @@ class RecentEntries(Generic[T]):
             raise ValueError("max_entries and max_bytes must be positive")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._held: dict[int, tuple[bytes, T]] = {}
+        self._held: dict[int, tuple[bytes, T, int]] = {}
         self._order: deque[int] = deque()
-        #: bytes of the entries held
+        #: weight (bytes) of the entries held
         self.bytes = 0
         #: lookups answered (for tests and benchmarks)
         self.hits = 0
@@ -43,18 +43,21 @@ class RecentEntries(Generic[T]):
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, entry: bytes, value: T) -> None:
-        """Remember ``value`` for ``entry`` (an entry larger than ``max_bytes`` is not held)."""
-        size = len(entry)
+    def add(self, entry: bytes, value: T, weight: int | None = None) -> None:
+        """Remember ``value`` for ``entry``, counted as ``weight`` bytes (default: its length).
+
+        An entry heavier than ``max_bytes`` is not held.
+        """
+        size = len(entry) if weight is None else weight
         key = id(entry)
         held = self._held
         if size > self.max_bytes or key in held:
             return
-        held[key] = (entry, value)
+        held[key] = (entry, value, size)
         self._order.append(key)
         self.bytes += size
         while len(held) > self.max_entries or self.bytes > self.max_bytes:
-            self.bytes -= len(held.pop(self._order.popleft())[0])
+            self.bytes -= held.pop(self._order.popleft())[2]
 
     def get(self, entry: object) -> T | None:
         """The value remembered for this very object, or None."""

@@ -35,8 +35,8 @@ cache.  Its output is byte-for-byte what kafka-python's
 
 from __future__ import annotations
 
+import builtins
 import struct
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
@@ -55,6 +55,7 @@ from core.batch import (
     TIMESTAMP_TYPE_MASK,
     TRANSACTIONAL_MASK,
 )
+from core.entry_cache import RecentEntries
 from core.errors import CorruptBatch
 from core.varint import (
     NULL_VARINT,
@@ -509,12 +510,10 @@ def _decode_records(
 class _Held:
     """One batch held by :class:`FreshBatches` (its records are built on the first read)."""
 
-    __slots__ = ("entry", "messages", "records", "weight")
+    __slots__ = ("messages", "records")
 
-    def __init__(self, entry: bytes, messages: list[Message], weight: int) -> None:
-        self.entry = entry
+    def __init__(self, messages: list[Message]) -> None:
         self.messages = messages
-        self.weight = weight
         self.records: list[StoredMessage] | None = None
 
 
@@ -539,34 +538,26 @@ class FreshBatches:
     """
 
     def __init__(self, max_batches: int = 64, max_bytes: int = 4 << 20) -> None:
-        if max_batches < 1 or max_bytes < 1:
-            raise ValueError("max_batches and max_bytes must be positive")
+        self._held: RecentEntries[_Held] = RecentEntries(max_batches, max_bytes)
         self.max_batches = max_batches
         self.max_bytes = max_bytes
-        self._held: dict[int, _Held] = {}
-        self._order: deque[int] = deque()
-        #: estimated bytes held
-        self.bytes = 0
-        #: batches served without a decode (for tests and benchmarks)
-        self.hits = 0
+
+    @property
+    def bytes(self) -> int:
+        """Estimated bytes held."""
+        return self._held.bytes
+
+    @property
+    def hits(self) -> int:
+        """Batches served without a decode (for tests and benchmarks)."""
+        return self._held.hits
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, entry: bytes, messages: list[Message]) -> None:
+    def add(self, entry: builtins.bytes, messages: list[Message]) -> None:
         """Remember that the batch framed in ``entry`` decodes to ``messages`` (all plain)."""
-        weight = 2 * len(entry) + _FRESH_OVERHEAD * len(messages)
-        if weight > self.max_bytes:
-            return
-        key = id(entry)
-        held = self._held
-        if key in held:  # pragma: no cover - an entry is added once
-            return
-        held[key] = _Held(entry, messages, weight)
-        self._order.append(key)
-        self.bytes += weight
-        while len(held) > self.max_batches or self.bytes > self.max_bytes:
-            self.bytes -= held.pop(self._order.popleft()).weight
+        self._held.add(entry, _Held(messages), 2 * len(entry) + _FRESH_OVERHEAD * len(messages))
 
     def records(
         self, batch: memoryview, base_offset: int, count: int
@@ -575,14 +566,12 @@ class FreshBatches:
 
         Every reader of one entry gets the same list (do not modify it).
         """
-        entry = batch.obj
-        held = self._held.get(id(entry))
-        if held is None or held.entry is not entry:
+        held = self._held.get(batch.obj)
+        if held is None:
             return None
         messages = held.messages
         if len(messages) != count:  # pragma: no cover - the entry is the batch
             return None
-        self.hits += 1
         built = held.records
         if built is not None and built[0].offset == base_offset:
             return built
@@ -598,5 +587,3 @@ class FreshBatches:
     def clear(self) -> None:
         """Forget every held batch."""
         self._held.clear()
-        self._order.clear()
-        self.bytes = 0
