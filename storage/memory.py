@@ -208,16 +208,22 @@ class MemoryMetadataStore(MetadataStore):
             raise VersionConflictError(key, expected_version, actual or None)
         return actual
 
+    # writes apply before their checkpoint (which cannot cancel them): a key's writes take
+    # effect in the order they were called, whichever method made them (a ``put_coalesced``
+    # made while a ``put`` waited in its checkpoint was once overwritten by that older put)
+
     async def put(self, key: str, value: bytes, expected_version: int | None = None) -> int:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         version = self._check(key, expected_version) + 1
         self._records[key] = Versioned(bytes(value), version)
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return version
 
     async def delete(self, key: str, expected_version: int | None = None) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         actual = self._check(key, expected_version)
         self._records.pop(key, None)
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return actual > 0
 
     async def list(self, prefix: str) -> list[tuple[str, Versioned]]:

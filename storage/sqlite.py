@@ -12,19 +12,40 @@ file while the server runs; the busy timeout makes it wait for the write lock).
 
 Coalesced writes (:meth:`SqliteMetadataStore.put_coalesced`) go to a bounded
 dict, ``key -> (latest value, number of coalesced writes since the last flush)``.
-The logical state of the store is always *database + pending dict*: a pending
-key's version is its database version (0 when absent) plus that count, exactly
-as if each coalesced write had been a ``put``.  So the rule for mixing both
-kinds of write on one key is simple: **a coalesced write is a write**; it bumps
-the version by one at once, and a CAS ``put``/``delete`` must name that version.
-A ``put``/``delete`` that succeeds replaces the pending value (it is newer).
+The logical state of the store is always *database + pending writes*: a pending
+key's version is its database version (0 when absent) plus its count, exactly as
+if each coalesced write had been a ``put``.  So the rule for mixing both kinds of
+write on one key is simple: **a coalesced write is a write**; it bumps the version
+by one at once, and a CAS ``put``/``delete`` must name that version.
+
+Write order of a key
+--------------------
+The writes of one key take effect in the order they were *called*, whichever API
+made them: the last one called wins.  A coalesced write is done when called; a
+``put``/``delete`` waits for the lock and a worker thread, and coalesced writes
+of its key may be made meanwhile.  Those are newer and must stay on top of it.
+
+So a ``put``/``delete`` *claims* its key when called (before any checkpoint): a
+:class:`_Claim` in ``_claims[key]``, in call order, which is also the order the
+lock (a :class:`trio.StrictFIFOLock`) runs them in.  A coalesced write of a
+claimed key goes to the key's newest claim (``claim.newer``) instead of the
+pending dict.  The pending dict thus only holds writes older than every claim of
+their key, and only it is flushed: no flush stores a value under a ``put`` that
+would then overwrite it.  When the ``put``/``delete`` runs, the key's pending
+writes are exactly the ones it supersedes: its CAS sees their count, and once it
+has committed they are dropped and its ``newer`` writes become the key's pending
+writes.  When it fails (or is cancelled while waiting) nothing is superseded: its
+``newer`` writes join the writes before it.  Reads
+(:meth:`~SqliteMetadataStore.get`/``list``) see every coalesced write, claimed
+ones included.
 
 The pending dict is written in one transaction per flush: by the background
 flusher ``flush_interval`` seconds after the first pending write, sooner once
 ``flush_threshold`` keys are pending, on :meth:`~SqliteMetadataStore.flush`, and
-on close.  A trio lock is held across every database call *and* the merge with
-the pending dict, so no reader sees a batch twice or not at all.  A batch whose
-transaction fails is merged back into the pending dict and retried.
+on close.  The lock is held across every database call *and* the merge with
+the pending writes, so no reader sees a batch twice or not at all.  A batch whose
+transaction fails is merged back into the pending dict and retried.  The writes
+held by claims are bounded by the number of ``put``/``delete`` calls in progress.
 """
 
 from __future__ import annotations
@@ -75,6 +96,22 @@ class _Pending:
 
     value: bytes
     count: int
+
+
+def _merge(older: _Pending | None, newer: _Pending) -> _Pending:
+    """The pending writes ``older`` followed by ``newer``."""
+    return newer if older is None else _Pending(newer.value, older.count + newer.count)
+
+
+@dataclass(slots=True, eq=False)
+class _Claim:
+    """A ``put``/``delete`` of one key, from its call to its end (see the module docstring).
+
+    ``newer``: the coalesced writes of the key made after the call (and before the
+    key's next claim), which the ``put``/``delete`` must not supersede.
+    """
+
+    newer: _Pending | None = None
 
 
 def _prefix_upper_bound(prefix: str) -> str | None:
@@ -197,8 +234,11 @@ class SqliteMetadataStore(MetadataStore):
             raise ValueError("need flush_interval_s > 0 and 1 <= flush_threshold <= max_pending")
         self._db = db
         self._limiter = trio.CapacityLimiter(1)
-        self._lock = trio.Lock()
+        self._lock = trio.StrictFIFOLock()  # the write order of a key relies on FIFO
+        #: coalesced writes older than every claim of their key: what a flush writes
         self._pending: dict[str, _Pending] = {}
+        #: put/delete calls in progress, per key, in call order
+        self._claims: dict[str, list[_Claim]] = {}
         self._flush_interval_s = flush_interval_s
         self._flush_threshold = flush_threshold
         self._max_pending = max_pending
@@ -245,25 +285,69 @@ class SqliteMetadataStore(MetadataStore):
         if self._closed:
             raise StorageError("metadata store is closed")
 
-    def _settle(self, key: str, before: _Pending | None) -> None:
-        """After a successful put/delete of ``key``: drop coalesced writes it superseded.
+    def _wake_flusher(self) -> None:
+        self._have_pending.set()
+        if len(self._pending) >= self._flush_threshold:
+            self._urgent.set()
 
-        Coalesced writes made while it ran are newer; they keep only their own count.
+    def _unclaim(self, key: str, claim: _Claim, applied: bool) -> None:
+        """End ``claim``: its put/delete committed (``applied``), failed or was cancelled."""
+        claims = self._claims[key]
+        i = next(n for n, c in enumerate(claims) if c is claim)
+        del claims[i]
+        if not claims:
+            del self._claims[key]
+        newer = claim.newer
+        if applied:
+            # the FIFO lock runs a key's claims in call order: the earlier ones have ended
+            assert i == 0, "a put/delete ran before an earlier one of its key"
+            self._pending.pop(key, None)  # superseded
+            if newer is not None:
+                self._pending[key] = newer
+                self._wake_flusher()
+        elif newer is not None:
+            if i > 0:
+                before = claims[i - 1]
+                before.newer = _merge(before.newer, newer)
+            else:
+                self._pending[key] = _merge(self._pending.get(key), newer)
+                self._wake_flusher()
+
+    async def _claimed(self, key: str, write: Callable[[int], T]) -> T:
+        """Run ``write(pending count)`` in the worker thread, in ``key``'s write order.
+
+        The claim is made before the first checkpoint, so the call's place in the
+        order is the moment it was made.
         """
-        current = self._pending.get(key)
-        if current is None:
-            return
-        if current is before:
-            del self._pending[key]
-        else:
-            superseded = before.count if before else 0
-            self._pending[key] = _Pending(current.value, current.count - superseded)
+        claim = _Claim()
+        self._claims.setdefault(key, []).append(claim)
+        applied = False
+        try:
+            async with self._lock:
+                older = self._pending.get(key)
+                count = older.count if older else 0
+                result = await self._call(lambda: write(count))
+                applied = True
+                self.write_transactions += 1
+        finally:
+            self._unclaim(key, claim, applied)
+        return result
+
+    def _overlay(self, key: str) -> _Pending | None:
+        """All coalesced writes of ``key`` not in the database yet, claimed ones included."""
+        merged = self._pending.get(key)
+        claims = self._claims.get(key)
+        if claims:
+            for claim in claims:
+                if claim.newer is not None:
+                    merged = _merge(merged, claim.newer)
+        return merged
 
     async def get(self, key: str) -> Versioned | None:
         self._check_open()
         async with self._lock:
             stored = await self._call(lambda: self._db.get(key))
-            pending = self._pending.get(key)
+            pending = self._overlay(key)
         if pending is None:
             return stored
         return Versioned(pending.value, (stored.version if stored else 0) + pending.count)
@@ -271,47 +355,46 @@ class SqliteMetadataStore(MetadataStore):
     async def put(self, key: str, value: bytes, expected_version: int | None = None) -> int:
         self._check_open()
         data = bytes(value)
-        async with self._lock:
-            before = self._pending.get(key)
-            count = before.count if before else 0
-            version = await self._call(lambda: self._db.put(key, data, expected_version, count))
-            self.write_transactions += 1
-            self._settle(key, before)
-        return version
+        return await self._claimed(
+            key, lambda older: self._db.put(key, data, expected_version, older)
+        )
 
     async def delete(self, key: str, expected_version: int | None = None) -> bool:
         self._check_open()
-        async with self._lock:
-            before = self._pending.get(key)
-            count = before.count if before else 0
-            existed = await self._call(
-                lambda: self._db.delete(key, expected_version, count)
-            )
-            self.write_transactions += 1
-            self._settle(key, before)
-        return existed
+        return await self._claimed(
+            key, lambda older: self._db.delete(key, expected_version, older)
+        )
 
     def put_coalesced(self, key: str, value: bytes) -> None:
         """Record ``value`` as the latest for ``key``; it counts as one write (version + 1).
 
-        Raises :class:`~storage.api.StorageError` if ``max_pending`` distinct keys
-        are already waiting (the database is not keeping up).
+        It is newer than every ``put``/``delete`` of ``key`` called before it, even
+        one still waiting to run.  Raises :class:`~storage.api.StorageError` if
+        ``max_pending`` distinct keys are already waiting (the database is not
+        keeping up).
         """
         self._check_open()
+        claims = self._claims.get(key)
+        if claims:
+            newest = claims[-1]
+            count = newest.newer.count if newest.newer else 0
+            newest.newer = _Pending(bytes(value), count + 1)
+            return
         current = self._pending.get(key)
         if current is None and len(self._pending) >= self._max_pending:
             raise StorageError(f"{len(self._pending)} coalesced writes pending; database stalled?")
         self._pending[key] = _Pending(bytes(value), (current.count if current else 0) + 1)
-        self._have_pending.set()
-        if len(self._pending) >= self._flush_threshold:
-            self._urgent.set()
+        self._wake_flusher()
 
     async def list(self, prefix: str) -> builtins.list[tuple[str, Versioned]]:
         self._check_open()
         async with self._lock:
             rows = dict(await self._call(lambda: self._db.list(prefix)))
-            for key, pending in self._pending.items():
-                if key.startswith(prefix):
+            keys = [k for k in self._pending if k.startswith(prefix)]
+            keys += [k for k in self._claims if k.startswith(prefix) and k not in self._pending]
+            for key in keys:
+                pending = self._overlay(key)
+                if pending is not None:
                     stored = rows.get(key)
                     rows[key] = Versioned(
                         pending.value, (stored.version if stored else 0) + pending.count
@@ -330,9 +413,7 @@ class SqliteMetadataStore(MetadataStore):
                 # put the batch back under any newer coalesced writes
                 for key, older in batch.items():
                     newer = self._pending.get(key)
-                    self._pending[key] = (
-                        older if newer is None else _Pending(newer.value, older.count + newer.count)
-                    )
+                    self._pending[key] = older if newer is None else _merge(older, newer)
                 raise
             self.write_transactions += 1
             self.flush_transactions += 1
