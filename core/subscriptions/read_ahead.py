@@ -61,7 +61,7 @@ from core.subscriptions.items import Buffered, Pending
 from core.subscriptions.options import SubscriptionOptions
 from core.subscriptions.redelivery import RedeliveryQueue
 from core.subscriptions.types import SubscriptionType
-from core.transactions.reads import read_committed
+from core.transactions.reads import read_committed, read_committed_nowait
 
 if TYPE_CHECKING:
     from core.api import Core
@@ -389,11 +389,13 @@ class ReadAheadFill:
         A subscription keeping up with its partition reads what was just appended:
         the log holds it in memory (:meth:`core.partition.Partition.read_nowait`),
         and going through the scheduler for it would only delay the delivery by a
-        round.  READ_COMMITTED takes this path only while the partition has no
-        aborted transaction at all: then :func:`read_committed` would return
-        exactly the entries below the last stable offset.  While catching up on a
-        backlog, at most ``_MAX_NOWAIT_FILLS`` fills in a row skip the checkpoint;
-        a fill that reaches the end is followed by the run loop's sleep.
+        round.  READ_COMMITTED reads through
+        :func:`~core.transactions.reads.read_committed_nowait` (the same cut at the
+        last stable offset as :func:`read_committed`) and takes this path only when
+        no aborted transaction has data in what it read: then no entry needs the
+        aborted check.  While catching up on a backlog, at most
+        ``_MAX_NOWAIT_FILLS`` fills in a row skip the checkpoint; a fill that
+        reaches the end is followed by the run loop's sleep.
         """
         if self._nowait_fills >= _MAX_NOWAIT_FILLS:
             return None
@@ -401,21 +403,17 @@ class ReadAheadFill:
         if opened is None or not 0 <= self.partition < len(opened.partitions):
             return None
         partition = opened.partitions[self.partition]
-        position = self._read_position
-        end = partition.high_watermark
         if self._read_committed:
-            if partition.txns.aborted_count:
-                return None
-            end = partition.txns.stable_offset(end)
-        if position >= end:
-            return None
-        entries = partition.read_nowait(position, self.read_bytes)
+            read = read_committed_nowait(partition, self._read_position, self.read_bytes)
+            if read is None or read.aborted:
+                return None  # aborted data in range: read_committed and its is_aborted
+            entries: list[ReadEntry] | None = read.entries
+            end = read.last_stable_offset
+        else:
+            entries = partition.read_nowait(self._read_position, self.read_bytes)
+            end = partition.high_watermark
         if not entries:
             return None
-        if entries[-1].last_offset >= end:  # READ_COMMITTED: stop below the LSO
-            entries = [e for e in entries if e.last_offset < end]
-            if not entries:
-                return None
         if entries[-1].last_offset + 1 < end:
             self._nowait_fills += 1  # more to read: the run loop comes straight back
         else:
