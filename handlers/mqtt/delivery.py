@@ -93,6 +93,7 @@ __all__ = [
     "ROUTE_CACHE",
     "WINDOW",
     "Deliverer",
+    "Quota",
     "Sink",
     "Token",
     "TopicDirectory",
@@ -121,6 +122,44 @@ def core_subscription_name(client_id: str, shared_filter: str | None = None) -> 
         return f"mqtt:{client_id}"
     group, _, rest = shared_filter[len("$share/"):].partition("/")
     return f"mqtt-share:{group}:{rest}"
+
+
+class Quota:
+    """The client's Receive Maximum: QoS 1/2 deliveries not yet acknowledged.
+
+    A counter, so taking and giving back a slot (once per message each way) is an integer
+    operation; only a sender that finds no slot waits, on an event the next release sets.
+    Slots given back beyond the starting number are kept (as ``trio.Semaphore`` does).
+    """
+
+    __slots__ = ("_freed", "free")
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._freed: trio.Event | None = None
+
+    def acquire_nowait(self) -> None:
+        """Take a slot; raises :class:`trio.WouldBlock` when none is free."""
+        if self.free <= 0:
+            raise trio.WouldBlock
+        self.free -= 1
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting for one (always a checkpoint)."""
+        if self.free > 0:
+            await trio.lowlevel.checkpoint()
+        while self.free <= 0:
+            if self._freed is None:
+                self._freed = trio.Event()
+            await self._freed.wait()
+        self.free -= 1
+
+    def release(self, count: int = 1) -> None:
+        """Give back ``count`` slots."""
+        self.free += count
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
 
 class Sink(Protocol):
@@ -166,7 +205,7 @@ class Deliverer:
         self.state = state
         self.sink = sink
         self._wall_ms = wall_ms
-        self._quota = trio.Semaphore(receive_maximum)
+        self._quota = Quota(receive_maximum)
         self._consumers: dict[_Key, Consumer] = {}
         self._owed: dict[int, int] = {}  # permits to give back, by consumer id
         self._sync_lock = trio.Lock()
@@ -341,8 +380,7 @@ class Deliverer:
             consumer.close("client disconnected")
         self._consumers.clear()
         self._owed.clear()
-        for _ in self.state.drop_outbound():
-            self._quota.release()
+        self._quota.release(sum(1 for _ in self.state.drop_outbound()))
 
     # ------------------------------------------------------------ delivery
 
@@ -352,12 +390,7 @@ class Deliverer:
             while True:
                 # everything the consumer has queued goes out together (one send-channel item,
                 # so one socket write), not one task switch and write per message
-                batch = [await consumer.receive()]
-                while len(batch) < DELIVERY_BATCH:
-                    try:
-                        batch.append(consumer.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                batch = await consumer.receive_batch(DELIVERY_BATCH)
                 await self._deliver(consumer, core_topic, shared, batch)
         except ConsumerClosed:
             key = (core_topic, shared)
@@ -412,8 +445,7 @@ class Deliverer:
 
     def acknowledged_many(self, tokens: list[Token | None]) -> None:
         """Several QoS 1 deliveries acknowledged (a run of PUBACK packets)."""
-        for _ in tokens:
-            self._quota.release()
+        self._quota.release(len(tokens))
         self._settle_many([t for t in tokens if t is not None])
 
     def acknowledged(self, token: Token | None, *, release: bool = True) -> None:

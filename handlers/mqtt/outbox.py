@@ -26,6 +26,8 @@ from dataclasses import replace
 
 import trio
 
+from core.stream_io import socket_io
+
 from .encoder import encode
 from .packet_types import MQTT_311
 from .packets import Packet, Publish
@@ -98,15 +100,23 @@ class Outbox:
 
     async def write_to(self, stream: trio.abc.Stream) -> None:
         """Write what is queued until :meth:`close`; stream errors propagate."""
-        async for data in self._queue:
-            # what is queued by now goes in one write (one syscall, not one per item); no
-            # extra checkpoint to wait for more: that would delay every write by a scheduler
-            # round, and each producer already queues a whole burst as one item
+        io = socket_io(stream)
+        send_all = io.send_all if io is not None else stream.send_all
+        queue = self._queue
+        while True:
+            # what is queued by now goes in one write (one syscall, not one per item): woken
+            # by a producer, the writer runs after that scheduler round's other producers; with
+            # items queued already, one round lets them add theirs (each write wakes the peer,
+            # which costs more than the round)
+            try:
+                data = await queue.receive()
+            except trio.EndOfChannel:
+                return
             size = len(data)
             parts: list[bytes] | None = None
             while size < WRITE_CHUNK:
                 try:
-                    more = self._queue.receive_nowait()
+                    more = queue.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 if parts is None:
@@ -115,7 +125,7 @@ class Outbox:
                 size += len(more)
             chunk = data if parts is None else b"".join(parts)  # one copy, sized once
             self.stream_broken = True
-            await stream.send_all(chunk)
+            await send_all(chunk)
             self.stream_broken = False
 
     def close(self) -> None:
