@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from core.batch import split_batches
+from core.batch import built_batch, split_batches
 from core.compaction import compact_due_topics, compactor_for
 from core.config import CoreSettings
 from core.entry_cache import RecentEntries
@@ -392,7 +392,7 @@ class Core:
             found = await self._topic(topic)
         if not 0 <= partition < len(found.partitions):
             raise UnknownPartition(f"{found.name} has no partition {partition}")
-        validated = split_batches(batch, found.policies.max_message_bytes)
+        validated = built_batch(batch, found.policies.max_message_bytes)
         return await found.partitions[partition].append(
             validated, self._clock_ms(), messages=listed if plain else None
         )

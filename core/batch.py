@@ -133,3 +133,13 @@ def split_batches(
         out.append(batch)
         pos += size
     return out
+
+
+def built_batch(data: bytes, max_batch_bytes: int) -> list[BatchInfo]:
+    """:func:`split_batches` for one batch this process just built
+    (:func:`core.records.build_plain_batch`): its framing and CRC are right by
+    construction, so only the size limit is checked (:class:`MessageTooLarge`).
+    """
+    if len(data) > max_batch_bytes:
+        raise MessageTooLarge(f"record batch of {len(data)} bytes exceeds {max_batch_bytes}")
+    return [read_header(memoryview(data))]

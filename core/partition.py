@@ -22,9 +22,12 @@ completed prefix only.  Reads stop at the watermark.  An append is complete as
 soon as the log reports it durable (:meth:`storage.api.PartitionLog.append_notify`
 calls back from the event loop before the appending task resumes), so readers
 are woken without waiting for that task's turn.  A reader keeping up with the
-appends reads them from the log's memory (:meth:`Partition.read_nowait`).
+appends reads them from the log's memory (:meth:`Partition.read_nowait`).  Readers
+wait with :meth:`Partition.wait_for_data`, or register a one-shot callback
+(:meth:`Partition.call_on_data`) that runs right where the watermark moves.
 
-The storage call is shielded from cancellation: a producer that goes away
+The storage call is shielded from cancellation (by a cancel scope, or by the log
+itself when its ``append_notify_uncancellable`` says so): a producer that goes away
 mid-append still gets its entries written, so offsets never have holes.  A
 storage failure during an append leaves the partition *failed*: the watermark
 stops and later appends raise :class:`PartitionUnavailable` until every
@@ -47,6 +50,7 @@ at close; after a failed append it is cut back to the log's end.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -118,6 +122,8 @@ class Partition:
         self._last_broker_ts = 0
         self._pending: deque[_Pending] = deque()
         self._data_event: trio.Event | None = None
+        # one-shot callbacks of the next watermark change or close (see call_on_data)
+        self._data_callbacks: list[Callable[[], object]] = []
         self._failed = False
         self._closed = False
         self._earliest_cache: tuple[int, int] = (-1, 0)  # (start position, offset)
@@ -235,9 +241,14 @@ class Partition:
 
         try:
             # Shielded: once offsets are assigned the append must finish, or a
-            # cancelled producer would leave a hole the watermark cannot pass.
-            with trio.CancelScope(shield=True):
-                await self.log.append_notify(entries, durable)
+            # cancelled producer would leave a hole the watermark cannot pass.  A log
+            # whose append_notify cannot be cancelled anyway spares the scope.
+            log = self.log
+            if log.append_notify_uncancellable:
+                await log.append_notify(entries, durable)
+            else:
+                with trio.CancelScope(shield=True):
+                    await log.append_notify(entries, durable)
         except LogClosedError:
             self._failed = True
             self._drop_pending(slot)
@@ -294,6 +305,30 @@ class Partition:
         event, self._data_event = self._data_event, None
         if event is not None:
             event.set()
+        if self._data_callbacks:
+            self._run_data_callbacks()
+
+    def _run_data_callbacks(self) -> None:
+        callbacks, self._data_callbacks = self._data_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def call_on_data(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once, at the next move of the high watermark, a failed
+        append or :meth:`close` (what wakes :meth:`wait_for_data`), from whatever runs that.
+
+        The synchronous form of :meth:`wait_for_data` for a task that waits for other
+        things too (:class:`core.subscriptions.subscription.PartitionSubscription`):
+        no event, no checkpoint.  ``callback`` must be quick and must not raise; each
+        registration fires once, so a caller registers again only after it fired (the
+        list stays bounded by the number of waiters).
+        """
+        self._data_callbacks.append(callback)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the partition was closed (topic deleted or core shut down)."""
+        return self._closed
 
     def _advance(self) -> None:
         pending = self._pending
@@ -313,6 +348,8 @@ class Partition:
             event, self._data_event = self._data_event, None
             if event is not None:
                 event.set()
+            if self._data_callbacks:
+                self._run_data_callbacks()
 
     async def wait_for_data(self, offset: int) -> None:
         """Return once the high watermark is above ``offset`` (no polling)."""

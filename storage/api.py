@@ -165,6 +165,10 @@ class PartitionLog(ABC):
         non-decreasing sequence keeps :meth:`position_for_timestamp` meaningful.
         """
 
+    #: True when :meth:`append_notify` cannot be cancelled (a cancellation arriving meanwhile
+    #: is delivered at the caller's next checkpoint): callers need no shield of their own
+    append_notify_uncancellable: bool = False
+
     async def append_notify(
         self, entries: Sequence[EntryIn], on_durable: Callable[[], object]
     ) -> list[int]:

@@ -4,34 +4,41 @@ How an append travels
 ---------------------
 ``append`` checks the keys and puts a *ticket* (entries plus their first position) on
 the pending queue synchronously, before its first checkpoint: the order of ``append``
-calls is the order in the log. One writer task per log (started by the storage's
-nursery, see :meth:`LocalLog.run_writer`) takes every pending ticket at once, and a
-single worker-thread call writes them all with ``writev`` and — under the ``always``
-policy — one ``fdatasync`` (group commit). Back on the event loop, as soon as the
-thread is done (before the writer task itself resumes, see
-:func:`storage.worker.run_in_worker`), the new end of the log is published (readers
-never see more) and the tickets are queued for return. Tickets return strictly in log
-order: only the oldest completed ticket is woken, and it wakes the next one as it
-leaves (a baton), so a later append never returns before an earlier one even though
-trio may resume woken tasks in any order. A cancelled append leaves the queue without
-blocking the others; its entries may still be written (their positions are already
-taken).
+calls is the order in the log.  A single worker-thread call takes the pending tickets
+(as many as are queued when the thread starts) and writes them all with ``writev`` and
+— under the ``always`` policy — one ``fdatasync`` (group commit).  No task waits for
+that thread: an append to an idle log starts it right away, and back on the event loop,
+as soon as the thread is done (a ``run_sync_soon`` callback, :meth:`LocalLog._written`),
+the new end of the log is published (readers never see more), the tickets are queued
+for return, the files are given back and the next write starts if more is queued.  So
+a group costs no scheduler step of its own.  The writer task (started by the storage's
+nursery, see :meth:`LocalLog.run_writer`) only steps in when a write cannot start
+without waiting (the files or the thread limiter busy) and drains the queue at close.
+Appenders wait parked (no event each) and are rescheduled directly.  Tickets return
+strictly in log order: only the oldest completed ticket is woken, and it wakes the next
+one as it leaves (a baton), so a later append never returns before an earlier one even
+though trio may resume woken tasks in any order.  A cancelled append leaves the queue
+without blocking the others; its entries may still be written (their positions are
+already taken).  :meth:`LocalLog.append_notify` (the core's partitions) cannot be
+cancelled at all.
 
 The pending queue has no fixed bound of its own: every ticket belongs to an
 ``append`` call that is waiting for it, so it is bounded by the callers'
 concurrency.  One worker call takes at most ``_GROUP_BYTES`` of it.
 
-Threads and state: the writer thread appends index rows and may roll to a new
-segment (``_segments.append``); event-loop code reads only rows below the
+Threads and state: the writer thread takes tickets from the queue (the event loop
+only appends to it while a write is in flight), appends index rows and may roll to a
+new segment (``_segments.append``); event-loop code reads only rows below the
 published end.  Everything that changes files (writes, roll, retention, sync,
-close) holds ``_io_lock``.
+close) holds ``_io_lock`` (a :class:`storage.worker.WorkGate`: held by a write from its
+start on the event loop to its end, which no one task spans).
 
 Tail cache: as the writer publishes a group it also keeps its entries (the very
-``bytes`` objects that were appended, no copy) in a :class:`_TailCache` bounded by
-``tail_cache_bytes``.  A read that starts inside the cache -- a consumer keeping
-up with producers -- is answered from memory on the event loop: no worker-thread
-hop, no file read, no checksum pass.  Older reads go to the segment files as
-before.  The cache is only touched on the event loop.
+``bytes`` objects that were appended, no copy) in a :class:`storage.tail_cache.TailCache`
+bounded by ``tail_cache_bytes``.  A read that starts inside the cache -- a consumer
+keeping up with producers -- is answered from memory on the event loop: no worker-thread
+hop, no file read, no checksum pass.  Older reads go to the segment files as before.
+The cache is only touched on the event loop.
 """
 
 from __future__ import annotations
@@ -41,10 +48,10 @@ import os
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import outcome
 import trio
 
 from storage.api import (
@@ -60,22 +67,23 @@ from storage.api import (
     SyncMode,
 )
 from storage.segment import (
-    DIRECT_READ_BYTES,
     ENTRY_HEADER_SIZE,
     MAX_ENTRY_BYTES,
     MAX_KEY,
-    READ_RUN_BYTES,
     ReadRun,
+    Segment,
     create_segment_file,
     encode_entry_header,
     fsync_directory,
     index_path,
+    plan_reads,
     read_runs,
     write_all,
 )
 from storage.segment_index import SegmentIndex
 from storage.segment_recovery import RecoveredSegment, recover_log
-from storage.worker import run_in_worker
+from storage.tail_cache import TailCache
+from storage.worker import WorkGate, run_in_worker, start_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -85,115 +93,22 @@ MIN_TIMESTAMP = -(2**63)
 _GROUP_BYTES = 16 * 1024 * 1024
 
 
-@dataclass(slots=True, eq=False)
-class _Segment:
-    base: int
-    path: Path
-    prev_key: int | None
-    index: SegmentIndex
-    size: int  # bytes in the file: header plus entries written
-
-    def visible(self, end: int) -> int:
-        """How many of this segment's entries lie below the published ``end``."""
-        return max(0, min(self.index.count, end - self.base))
-
-
 class _Ticket:
-    __slots__ = ("abandoned", "entries", "error", "event", "first", "nbytes", "on_durable")
+    __slots__ = ("abandoned", "entries", "error", "first", "nbytes", "on_durable", "task",
+                 "woken")
 
     def __init__(
         self, entries: Sequence[EntryIn], first: int, nbytes: int,
-        on_durable: Callable[[], object] | None,
+        on_durable: Callable[[], object] | None, task: trio.lowlevel.Task,
     ) -> None:
         self.entries = entries
         self.first = first
         self.nbytes = nbytes
         self.on_durable = on_durable
-        self.event = trio.Event()
+        self.task = task  # the appending task, parked until woken (see LocalLog._wake)
+        self.woken = False
         self.error: BaseException | None = None
         self.abandoned = False
-
-
-class _TailCache:
-    """The most recently published entries of a log, contiguous, at most ``limit`` bytes.
-
-    A list with a moving head (evicted entries are cut off in bulk), so that looking up a
-    position is an index computation.
-    """
-
-    __slots__ = ("_head", "_items", "_limit", "_nbytes")
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._items: list[StoredEntry] = []
-        self._head = 0  # index of the first live item
-        self._nbytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of entry data held."""
-        return self._nbytes
-
-    def __len__(self) -> int:
-        return len(self._items) - self._head
-
-    def add(self, first: int, entries: Sequence[EntryIn]) -> None:
-        """Remember ``entries``, just published at positions ``first``, ``first + 1``, ..."""
-        if self._limit <= 0:
-            return
-        items = self._items
-        if len(self) and items[-1].position + 1 != first:
-            self.clear()  # never a gap: the cache is one contiguous run
-        for i, entry in enumerate(entries):
-            data = entry.data if type(entry.data) is bytes else bytes(entry.data)
-            items.append(StoredEntry(first + i, entry.key, entry.timestamp_ms, data))
-            self._nbytes += len(data)
-        self._evict(lambda: self._nbytes > self._limit)
-
-    def drop_before(self, position: int) -> None:
-        """Forget entries below ``position`` (retention removed them)."""
-        self._evict(lambda: self._items[self._head].position < position)
-
-    def clear(self) -> None:
-        self._items = []
-        self._head = 0
-        self._nbytes = 0
-
-    def _evict(self, while_true: Callable[[], bool]) -> None:
-        items = self._items
-        while self._head < len(items) and while_true():
-            self._nbytes -= len(items[self._head].data)
-            self._head += 1
-        if self._head == len(items):
-            self.clear()
-        elif self._head > 64 and self._head * 2 > len(items):
-            del items[: self._head]
-            self._head = 0
-
-    def read(
-        self, position: int, end: int, max_bytes: int, max_entries: int | None
-    ) -> list[StoredEntry] | None:
-        """Entries from ``position`` as :meth:`LocalLog.read` would return them, or None
-        when ``position`` is not cached.  Only entries below ``end`` are returned."""
-        if not len(self) or (max_entries is not None and max_entries < 1):
-            return None
-        items = self._items
-        first = items[self._head].position
-        if not first <= position < end:
-            return None
-        i = self._head + position - first
-        stop = min(len(items), self._head + end - first)
-        if max_entries is not None:
-            stop = min(stop, i + max_entries)
-        out = [items[i]]
-        used = len(items[i].data)
-        for j in range(i + 1, stop):
-            item = items[j]
-            used += len(item.data)
-            if used > max_bytes:
-                break
-            out.append(item)
-        return out
 
 
 class LocalLog(PartitionLog):
@@ -217,7 +132,7 @@ class LocalLog(PartitionLog):
         self._dir = directory
         self._policy = policy
         self._segment_bytes = segment_bytes
-        self._segments = [_Segment(r.base, r.path, r.prev_key, r.index, r.size) for r in recovered]
+        self._segments = [Segment(r.base, r.path, r.prev_key, r.index, r.size) for r in recovered]
         self._active = self._segments[-1]
         self._fd: int | None = fd  # the active segment, opened for appending
         last = self._active
@@ -229,13 +144,17 @@ class LocalLog(PartitionLog):
         self._returning: deque[_Ticket] = deque()
         self._work = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
-        self._io_lock = trio.Lock()
-        self._writer_done = trio.Event()
+        self._io_lock = WorkGate()
+        self._writing = False  # a group is in the worker thread (it holds _io_lock)
+        self._writer_exited = False
+        self._writer_done = trio.Event()  # the writer exited and no write is in flight
+        self._borrower = object()  # holds the thread limiter's token for the write in flight
+        self._limiter: trio.CapacityLimiter | None = None
         self._unsynced = False
         self._closing = False
         self._closed = False
         self._failed: BaseException | None = None
-        self._tail = _TailCache(tail_cache_bytes)
+        self._tail = TailCache(tail_cache_bytes)
 
     @classmethod
     async def open(
@@ -310,26 +229,39 @@ class LocalLog(PartitionLog):
 
     # -- append -------------------------------------------------------------------
 
+    #: :meth:`append_notify` cannot be cancelled: it always waits for the outcome, and a
+    #: cancellation arriving meanwhile is delivered at the caller's next checkpoint (as
+    #: if the call were shielded; the core's partition then needs no shield of its own)
+    append_notify_uncancellable = True
+
     async def append(self, entries: Sequence[EntryIn]) -> list[int]:
         return await self._append(entries, None)
 
     async def append_notify(
         self, entries: Sequence[EntryIn], on_durable: Callable[[], object]
     ) -> list[int]:
-        """:meth:`append`; ``on_durable`` runs as the group is published (see the base)."""
-        return await self._append(entries, on_durable)
+        """:meth:`append`; ``on_durable`` runs as the group is published (see the base).
+
+        Not cancellable (see :attr:`append_notify_uncancellable`).
+        """
+        return await self._append(entries, on_durable, uncancellable=True)
 
     async def _append(
-        self, entries: Sequence[EntryIn], on_durable: Callable[[], object] | None
+        self, entries: Sequence[EntryIn], on_durable: Callable[[], object] | None,
+        *, uncancellable: bool = False,
     ) -> list[int]:
         ticket = self._enqueue(entries, on_durable)
         if ticket is None:
-            await trio.lowlevel.checkpoint()
+            if uncancellable:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            else:
+                await trio.lowlevel.checkpoint()
             if on_durable is not None:
                 on_durable()
             return []
         try:
-            await ticket.event.wait()
+            await trio.lowlevel.wait_task_rescheduled(
+                _refuse_abort if uncancellable else partial(_abort_wait, ticket))
         except BaseException:
             ticket.abandoned = True
             self._leave(ticket)
@@ -360,11 +292,13 @@ class LocalLog(PartitionLog):
             nbytes += size
             last = key
         # a copy: the caller may reuse its list
-        ticket = _Ticket(tuple(entries), self._next_position, nbytes, on_durable)
+        ticket = _Ticket(tuple(entries), self._next_position, nbytes, on_durable,
+                         trio.lowlevel.current_task())
         self._next_position += len(entries)
         self._assigned_key = last
         self._pending.append(ticket)
-        self._work.unpark_all()
+        if not self._writing and not self._try_start():
+            self._work.unpark_all()  # else the write in flight starts the next as it ends
         return ticket
 
     def _leave(self, ticket: _Ticket) -> None:
@@ -379,57 +313,128 @@ class LocalLog(PartitionLog):
                 returning.remove(ticket)
             return
         if returning:
-            returning[0].event.set()
+            _wake(returning[0])
 
     def _complete(self, tickets: Sequence[_Ticket]) -> None:
         for ticket in tickets:
             if not ticket.abandoned:
                 self._returning.append(ticket)
         if self._returning:
-            self._returning[0].event.set()
+            _wake(self._returning[0])
         self._progress.unpark_all()
 
     # -- the writer -----------------------------------------------------------------
 
     async def run_writer(self) -> None:
-        """Write queued appends until the log is closed; run this in a nursery."""
+        """Write queued appends until the log is closed; run this in a nursery.
+
+        Most writes never need this task: an append to an idle log starts the write
+        itself and each write's completion starts the next (:meth:`_try_start`).  The
+        task starts a write only when that could not be done without waiting (the files
+        or the thread limiter busy), and it drains the queue at close.
+        """
         try:
             while True:
-                while not self._pending and not self._closing:
+                while self._writing or (
+                        not self._pending and not self._closing and self._failed is None):
                     await self._work.park()
-                if not self._pending:
-                    return
-                # the lock is nearly always free: take it without a trip through the scheduler
+                if self._failed is not None or not self._pending:
+                    return  # failed (the finally fails what is queued), or closing
+                if not self._io_lock.try_take():
+                    await self._io_lock.take()
+                limiter = self._thread_limiter()
                 try:
-                    self._io_lock.acquire_nowait()
+                    limiter.acquire_on_behalf_of_nowait(self._borrower)
                 except trio.WouldBlock:
-                    await self._io_lock.acquire()
-                try:
-                    group = self._take_group()
-                    if self._failed is not None:  # an fsync failed: write nothing more
-                        self._fail_tickets(group, self._failed)
-                        return
                     try:
-                        with trio.CancelScope(shield=True):
-                            # published from the event loop as soon as the thread is done:
-                            # the appenders wake a scheduler round earlier than this task
-                            await run_in_worker(partial(self._write_group, group),
-                                                on_success=partial(self._publish, group))
-                    except Exception as exc:
-                        log.error("log %s: write failed, log is now read-only: %r", self._name, exc)
-                        self._failed = exc
-                        self._fail_tickets(group, exc)
-                        return
-                finally:
-                    self._io_lock.release()
+                        await limiter.acquire_on_behalf_of(self._borrower)
+                    except BaseException:
+                        self._io_lock.release()
+                        raise
+                self._start()
         finally:
             self._closing = True
-            self._fail_tickets(list(self._pending), self._failed)
-            self._pending.clear()
-            self._writer_done.set()
-            self._progress.unpark_all()
+            self._writer_exited = True
+            if not self._writing:
+                self._writer_finished()
 
-    def _publish(self, group: list[_Ticket], _written: object = None) -> None:
+    def _thread_limiter(self) -> trio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = trio.to_thread.current_default_thread_limiter()
+        return self._limiter
+
+    def _try_start(self) -> bool:
+        """Start writing what is queued, here and now, unless that needs a wait (the files
+        or the thread limiter busy) or the writer task's care (failed, closing)."""
+        if (self._writing or not self._pending or self._closing or self._failed is not None
+                or not self._io_lock.try_take()):
+            return False
+        try:
+            self._thread_limiter().acquire_on_behalf_of_nowait(self._borrower)
+        except trio.WouldBlock:
+            self._io_lock.release()
+            return False
+        self._start()
+        return True
+
+    def _start(self) -> None:
+        """Hand the queue to a worker thread (files and limiter token held)."""
+        self._writing = True
+        try:
+            start_in_worker(self._write_pending, self._written)
+        except BaseException:
+            self._writing = False
+            self._thread_limiter().release_on_behalf_of(self._borrower)
+            self._io_lock.release()
+            raise
+
+    def _write_pending(self) -> tuple[list[_Ticket], BaseException | None]:
+        """Worker thread: take a group from the queue and write it.
+
+        The group is taken here, when the thread runs, so appends made meanwhile join
+        it.  While a write is in flight only this thread takes from the queue (the event
+        loop only appends to it, and ``deque`` appends and pops are atomic).
+        """
+        group = self._take_group()
+        try:
+            self._write_group(group)
+        except BaseException as exc:  # handed to the event loop with its group
+            return group, exc
+        return group, None
+
+    def _written(self, result: outcome.Outcome[tuple[list[_Ticket], BaseException | None]]
+                 ) -> None:
+        """Event loop, as soon as the thread wrote its group: publish it (or fail it), give
+        the files back and start the next write (or let the writer task do it)."""
+        self._writing = False
+        self._thread_limiter().release_on_behalf_of(self._borrower)
+        group, exc = result.unwrap()  # _write_pending never raises
+        if exc is not None:
+            log.error("log %s: write failed, log is now read-only: %r", self._name, exc)
+            self._failed = exc
+            self._fail_tickets(group, exc)
+        else:
+            self._publish(group)
+        self._io_lock.release()
+        if self._writer_exited:
+            self._writer_finished()
+            return
+        try:
+            started = self._try_start()
+        except Exception:  # never raise into trio's run_sync_soon: the writer task retries
+            log.exception("log %s: cannot start the next write here", self._name)
+            started = False
+        if not started and (self._pending or self._closing or self._failed is not None):
+            self._work.unpark_all()
+
+    def _writer_finished(self) -> None:
+        """The writer exited and nothing is in flight: fail what is still queued."""
+        self._fail_tickets(list(self._pending), self._failed)
+        self._pending.clear()
+        self._writer_done.set()
+        self._progress.unpark_all()
+
+    def _publish(self, group: list[_Ticket]) -> None:
         """A written group becomes readable (end, last key, tail cache); its appends return."""
         last = group[-1]
         self._end = last.first + len(last.entries)
@@ -496,7 +501,7 @@ class LocalLog(PartitionLog):
         os.fdatasync(self._fd)
         self._unsynced = False
 
-    def _roll(self) -> _Segment:
+    def _roll(self) -> Segment:
         """Worker thread: seal the active segment and start a new, empty one."""
         old = self._active
         assert self._fd is not None
@@ -511,7 +516,7 @@ class LocalLog(PartitionLog):
         base = old.base + old.index.count
         prev = old.index.last_key() if old.index.count else old.prev_key
         path = create_segment_file(self._dir, base, prev)
-        new = _Segment(base, path, prev, SegmentIndex(old.index.first_offset), path.stat().st_size)
+        new = Segment(base, path, prev, SegmentIndex(old.index.first_offset), path.stat().st_size)
         self._fd = _open_for_append(path)
         self._segments.append(new)
         self._active = new
@@ -547,48 +552,8 @@ class LocalLog(PartitionLog):
     def _plan_read(
         self, position: int, end: int, max_bytes: int, max_entries: int | None
     ) -> list[ReadRun]:
-        """The runs of entries to read, in order (see :class:`storage.segment.ReadRun`).
-
-        Consecutive entries of one segment share a run of at most ``READ_RUN_BYTES``; an
-        entry of ``DIRECT_READ_BYTES`` or more is a run of its own (read straight into its
-        own buffer).  So no read allocates a buffer the size of the whole budget.
-        """
-        plan: list[ReadRun] = []
-        segments = self._segments
-        i = bisect_right(segments, position, key=lambda s: s.base) - 1
-        taken = 0
-        used = 0
-        limit = max_entries if max_entries is not None else end - position
-        while i < len(segments) and taken < limit:
-            seg = segments[i]
-            index = seg.index
-            first = position - seg.base if not plan else 0
-            visible = seg.visible(end)
-            j = run_first = first
-            run_bytes = 0
-            while j < visible and taken < limit:
-                start = index.start_offset(j)
-                size = index.end_offset(j) - start - ENTRY_HEADER_SIZE
-                if taken and used + size > max_bytes:
-                    limit = taken  # budget spent
-                    break
-                if j > run_first and (size >= DIRECT_READ_BYTES
-                                      or run_bytes + size > READ_RUN_BYTES):
-                    plan.append(_run(seg, index, run_first, j))
-                    run_first, run_bytes = j, 0
-                used += size
-                run_bytes += size
-                taken += 1
-                j += 1
-                if size >= DIRECT_READ_BYTES:
-                    plan.append(_run(seg, index, run_first, j))
-                    run_first, run_bytes = j, 0
-            if j > run_first:
-                plan.append(_run(seg, index, run_first, j))
-            elif j == first and first >= visible:
-                break
-            i += 1
-        return plan
+        """The runs of entries to read, in order (see :func:`storage.segment.plan_reads`)."""
+        return plan_reads(self._segments, position, end, max_bytes, max_entries)
 
     async def floor_position(self, key: int) -> int | None:
         self._check_open()
@@ -598,7 +563,7 @@ class LocalLog(PartitionLog):
     def _floor(self, key: int, end: int) -> int | None:
         sentinel = MAX_KEY + 1
 
-        def first_key(seg: _Segment) -> int:
+        def first_key(seg: Segment) -> int:
             return seg.index.keys[0] if seg.visible(end) else sentinel
 
         i = bisect_right(self._segments, key, key=first_key) - 1
@@ -614,7 +579,12 @@ class LocalLog(PartitionLog):
             return None
         end = self._end
         start = self.start_position
-        floor = None if key is None else self._floor(key, end)
+        if key is None:
+            floor = None
+        else:
+            floor = self._tail.floor(key, end)
+            if floor is None:
+                floor = self._floor(key, end)
         position = start if floor is None else max(floor + 1, start)
         if position >= end:
             return []
@@ -731,12 +701,6 @@ def _recover_and_open(directory: Path) -> tuple[list[RecoveredSegment], int]:
     return recovered, _open_for_append(recovered[-1].path)
 
 
-def _run(seg: _Segment, index: SegmentIndex, first: int, stop: int) -> ReadRun:
-    """Entries ``first`` to ``stop - 1`` of ``seg`` as one read run."""
-    return ReadRun(seg.path, index.start_offset(first), index.end_offset(stop - 1),
-                   seg.base + first, stop - first)
-
-
 def _read_plan(plan: list[ReadRun]) -> list[StoredEntry]:
     return read_runs(plan)
 
@@ -745,3 +709,20 @@ def _remove_files(directory: Path, paths: list[Path]) -> None:
     for path in paths:  # oldest first: a crash leaves a contiguous suffix
         path.unlink(missing_ok=True)
     fsync_directory(directory)
+
+
+def _wake(ticket: _Ticket) -> None:
+    """Resume the task waiting for ``ticket`` (once)."""
+    if not ticket.woken:
+        ticket.woken = True
+        trio.lowlevel.reschedule(ticket.task)
+
+
+def _refuse_abort(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+def _abort_wait(ticket: _Ticket, _: object) -> trio.lowlevel.Abort:
+    """A waiting appender is cancelled: it may go unless it was already woken."""
+    ticket.woken = True
+    return trio.lowlevel.Abort.SUCCEEDED

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,76 @@ def read_runs(runs: list[ReadRun]) -> list[StoredEntry]:
         for fd in fds.values():
             os.close(fd)
     return out
+
+
+@dataclass(slots=True, eq=False)
+class Segment:
+    """One segment of an open log: where it starts, its file, the key before it, its
+    index and its size (header plus entries written)."""
+
+    base: int
+    path: Path
+    prev_key: int | None
+    index: SegmentIndex
+    size: int
+
+    def visible(self, end: int) -> int:
+        """How many of this segment's entries lie below the published ``end``."""
+        return max(0, min(self.index.count, end - self.base))
+
+
+def plan_reads(
+    segments: list[Segment], position: int, end: int, max_bytes: int, max_entries: int | None
+) -> list[ReadRun]:
+    """The runs of entries to read from ``position`` (below ``end``), in order, for at
+    most ``max_bytes`` of data (at least one entry) and ``max_entries`` entries.
+
+    Consecutive entries of one segment share a run of at most ``READ_RUN_BYTES``; an
+    entry of ``DIRECT_READ_BYTES`` or more is a run of its own (read straight into its
+    own buffer).  So no read allocates a buffer the size of the whole budget.
+    """
+    plan: list[ReadRun] = []
+    i = bisect_right(segments, position, key=lambda s: s.base) - 1
+    taken = 0
+    used = 0
+    limit = max_entries if max_entries is not None else end - position
+    while i < len(segments) and taken < limit:
+        seg = segments[i]
+        index = seg.index
+        first = position - seg.base if not plan else 0
+        visible = seg.visible(end)
+        j = run_first = first
+        run_bytes = 0
+        while j < visible and taken < limit:
+            start = index.start_offset(j)
+            size = index.end_offset(j) - start - ENTRY_HEADER_SIZE
+            if taken and used + size > max_bytes:
+                limit = taken  # budget spent
+                break
+            if j > run_first and (size >= DIRECT_READ_BYTES
+                                  or run_bytes + size > READ_RUN_BYTES):
+                plan.append(_run(seg, run_first, j))
+                run_first, run_bytes = j, 0
+            used += size
+            run_bytes += size
+            taken += 1
+            j += 1
+            if size >= DIRECT_READ_BYTES:
+                plan.append(_run(seg, run_first, j))
+                run_first, run_bytes = j, 0
+        if j > run_first:
+            plan.append(_run(seg, run_first, j))
+        elif j == first and first >= visible:
+            break
+        i += 1
+    return plan
+
+
+def _run(seg: Segment, first: int, stop: int) -> ReadRun:
+    """Entries ``first`` to ``stop - 1`` of ``seg`` as one read run."""
+    index = seg.index
+    return ReadRun(seg.path, index.start_offset(first), index.end_offset(stop - 1),
+                   seg.base + first, stop - first)
 
 
 def _read_one(fd: int, run: ReadRun) -> StoredEntry:

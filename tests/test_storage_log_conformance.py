@@ -148,6 +148,35 @@ async def test_cancelled_append_does_not_block_others(tmp_path: Path) -> None:
         assert await read_all(log) == [(p, p) for p in range(6)]
 
 
+async def test_file_work_waits_for_the_write_in_flight_and_writes_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    # the writer holds the files (the gate) from the start of a write to its end on the
+    # event loop; others (retention, sync, close) queue for them and come first after it
+    async with local_opener(tmp_path)() as storage:
+        log = await _local_log(storage, "gate")
+        order: list[str] = []
+
+        async def append(key: int) -> None:
+            await log.append(entries([key]))
+            order.append(f"append {key}")
+
+        async with trio.open_nursery() as nursery:
+            await log._io_lock.take()  # as retention would
+            nursery.start_soon(append, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == [] and log.end_position == 0  # the write waits for the files
+            log._io_lock.release()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(append, 1)
+            await trio.lowlevel.checkpoint()
+            async with log._io_lock:  # taken once no write is in flight
+                assert not log._writing and log.end_position >= 1
+                order.append("gate")
+        assert sorted(order) == ["append 0", "append 1", "gate"]
+        assert await read_all(log) == [(0, 0), (1, 1)]
+
+
 async def test_close_writes_what_is_queued(tmp_path: Path) -> None:
     async with local_opener(tmp_path)() as storage:
         log = await storage.open_log("drain")

@@ -134,3 +134,39 @@ async def test_concurrent_appends_keep_the_cache_contiguous(tmp_path: Path) -> N
         entries = await log.read(0, 1 << 20)
         assert [(e.position, e.key, e.data) for e in entries] == [
             (i, i, b"%d" % i) for i in range(30)]
+
+
+async def test_read_after_key_finds_the_floor_in_the_cache_like_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(tmp_path, cache=1 << 20) as log:
+        # keys with gaps (as a partition's last-offset keys), many entries: the newest are
+        # answered from the cache's scan, older ones from the index, the same way
+        key = 0
+        for i in range(60):
+            await log.append([EntryIn(key, 1000 + i, b"%d" % i)])
+            key += 1 + i % 3
+        index_floor = log._floor
+        for k in [None, -1, 0, 1, 2, 5, key - 4, key - 3, key - 2, key - 1, key, key + 10]:
+            if k is not None and k < 0:
+                continue
+            expected_floor = None if k is None else index_floor(k, log.end_position)
+            expected = [] if expected_floor == log.end_position - 1 else await log.read(
+                0 if expected_floor is None else expected_floor + 1, 1 << 20)
+            assert as_tuples(log.read_after_nowait(k, 1 << 20) or []) == as_tuples(expected)
+        # the cache alone answers a reader keeping up (no index lookup)
+        monkeypatch.setattr(log, "_floor", lambda *_: pytest.fail("asked the index"))
+        found = log.read_after_nowait(key - 4, 1 << 20)
+        assert found is not None and found[-1].position == log.end_position - 1
+
+
+async def test_a_cancelled_append_notify_still_waits_for_its_write(tmp_path: Path) -> None:
+    async with opened(tmp_path, cache=1 << 20) as log:
+        durable: list[int] = []
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            positions = await log.append_notify([EntryIn(0, 1, b"a")], lambda: durable.append(1))
+            assert positions == [0] and durable == [1] and log.end_position == 1
+            await trio.lowlevel.checkpoint()  # the cancellation arrives here
+            pytest.fail("not cancelled")
+        assert scope.cancelled_caught

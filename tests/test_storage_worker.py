@@ -1,14 +1,16 @@
-"""storage.worker.run_in_worker: a blocking call in a worker thread, as to_thread does it."""
+"""storage.worker: run_in_worker, a blocking call in a worker thread as to_thread does it;
+start_in_worker, a job whose outcome comes back as a callback; WorkGate, a lock no task owns."""
 
 from __future__ import annotations
 
 import threading
 
+import outcome
 import pytest
 import trio
 import trio.testing
 
-from storage.worker import run_in_worker
+from storage.worker import WorkGate, run_in_worker, start_in_worker
 
 
 async def test_it_returns_the_result_computed_in_another_thread() -> None:
@@ -91,3 +93,46 @@ async def test_an_already_cancelled_caller_does_not_start_the_call() -> None:
         scope.cancel()
         await run_in_worker(lambda: ran.append(1))
     assert ran == []
+
+
+async def test_start_in_worker_calls_back_on_the_event_loop_with_the_outcome() -> None:
+    main = threading.get_ident()
+    results: list[tuple[int, outcome.Outcome[int]]] = []
+    done = trio.Event()
+
+    def on_done(result: outcome.Outcome[int]) -> None:
+        results.append((threading.get_ident(), result))
+        if len(results) == 2:
+            done.set()
+
+    def boom() -> int:
+        raise OSError("disk on fire")
+
+    start_in_worker(threading.get_ident, on_done)  # returns at once: nothing waits
+    start_in_worker(boom, on_done)
+    with trio.fail_after(10):
+        await done.wait()
+    assert all(ident == main for ident, _ in results)  # called back on the event loop
+    values = [r for _, r in results if isinstance(r, outcome.Value)]
+    errors = [r for _, r in results if isinstance(r, outcome.Error)]
+    assert len(values) == 1 and values[0].value != main
+    assert len(errors) == 1 and isinstance(errors[0].error, OSError)
+
+
+async def test_the_gate_is_handed_to_waiters_in_order_and_released_by_anyone() -> None:
+    gate = WorkGate()
+    assert gate.try_take() and not gate.try_take()
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        async with gate:
+            order.append(n)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(waiter, n)
+            await trio.testing.wait_all_tasks_blocked()
+        gate.release()  # e.g. from a worker job's callback, not from the task that took it
+    assert order == [0, 1, 2] and not gate.busy
+    assert gate.try_take()

@@ -116,7 +116,7 @@ class Consumer:
         self._permits = min(self._permits + n, self.max_permits - len(self._inbox))
         if n:
             for sub in self._partitions.values():
-                sub.wake()
+                sub.permits_granted()
         return self._permits
 
     async def receive(self) -> Delivery:

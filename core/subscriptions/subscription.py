@@ -32,7 +32,9 @@ ack timeouts, dispatches, reads more when the read-ahead runs low, and otherwise
 sleeps until woken (a permit, an ack, a new consumer), new data arrives, or the
 next timer is due.  Acks, nacks, rejects and consumer changes are synchronous
 methods that change the state and wake it; a task failure closes the consumers
-of this subscription, never the broker.
+of this subscription, never the broker.  How the task waits and what wakes it
+(cheaply, and not at all for permits or acks while it has nothing to deliver) is
+:mod:`.waiting`.
 When the last consumer leaves, every buffer is dropped and ``read_position``
 goes back to the first unacknowledged offset.
 
@@ -40,7 +42,8 @@ A durable subscription's cursor is saved (a coalesced write) by the task at most
 once per pass, so many acks between two passes cost one save.
 
 The class is split by job: reading the log into the read-ahead, with each stored
-batch decoded once however many fills it takes, is :mod:`.read_ahead`; purge and
+batch decoded once however many fills it takes, is :mod:`.read_ahead`; waiting is
+:mod:`.waiting`; purge and
 drop-head are :mod:`.purging`; transactional acks are :mod:`.txn_acks`; the
 per-message records are :mod:`.items`.  This module keeps the state, consumers,
 acks, the task and dispatch.
@@ -88,8 +91,7 @@ from core.subscriptions.redelivery import (
 )
 from core.subscriptions.txn_acks import TransactionalAcks
 from core.subscriptions.types import Delivery, SubscriptionType
-from core.transactions.reads import wait_for_stable
-from core.transactions.visibility import IsolationLevel
+from core.subscriptions.waiting import TaskWaits
 from storage.api import StorageError
 
 if TYPE_CHECKING:
@@ -109,11 +111,12 @@ DEFAULT_READ_BYTES = 1 << 20
 _RETRY_S = 1.0
 _DEAD_LETTER_BATCH = 100
 _DUE_BATCH = 100  # delayed messages read back from the log at a time
+_INF = float("inf")
 #: ``tuple.__new__``: builds a named tuple from a tuple, skipping its generated ``__new__``
 _new_tuple = tuple.__new__
 
 
-class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
+class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks, TaskWaits):
     """Subscription ``name`` on partition ``partition`` of ``topic`` (see the module docstring).
 
     ``store`` is None for a non-durable subscription (a reader): its cursor
@@ -173,8 +176,7 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         self._delayed = DelayedIndex(max_delayed)
         self._due: dict[int, Buffered] = {}  # insertion order = due order
         self._loading: list[int] = []  # due offsets being read back (in _load_due)
-        self._woken = False  # wake() was called since the task's pass began
-        self._sleeping: trio.CancelScope | None = None  # the task's wait, while it waits
+        self._init_waits()
         self._running = False
         self._closed = False
         self._epoch = 0  # bumped by a seek or going idle: an in-flight read is stale
@@ -344,8 +346,7 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
             # the common case: a pending offset is neither acked nor on its way back
             self.cursor.ack(offset)
             self._release(offset, pending)
-            self._dirty = True
-            self.wake()
+            self._after_acks()
             return
         if not self._known(offset):
             raise UnknownMessage(self.partition, offset)
@@ -381,8 +382,7 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
                 acked = True
         finally:
             if acked:
-                self._dirty = True
-                self.wake()
+                self._after_acks()
 
     def ack_cumulative(self, offset: int) -> None:
         """Acknowledge every offset up to ``offset`` (Exclusive and Failover only)."""
@@ -500,16 +500,6 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
 
     # ------------------------------------------------------------ the task
 
-    def wake(self) -> None:
-        """Make the task look at the state again."""
-        self._woken = True
-        sleeping = self._sleeping
-        if sleeping is not None:
-            # one cancel is enough (each costs trio a cancel-reason record): an ack
-            # storm before the task resumes then costs a flag each
-            self._sleeping = None
-            sleeping.cancel()
-
     async def run(self) -> None:
         """Deliver while there are consumers (started by :meth:`add_consumer`)."""
         try:
@@ -548,53 +538,24 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
             self._running = False
             self.persist()
 
-    async def _sleep(self, now: float, want_data: bool) -> None:
-        """Wait for the next timer, new data (``want_data``) or :meth:`wake`.
-
-        :meth:`wake` cancels the scope of the wait: no helper tasks per sleep.
-        """
-        if self._woken:
-            return  # woken during this pass: look again
-        with trio.move_on_at(self._next_deadline(now)) as scope:
-            self._sleeping = scope
-            try:
-                if not want_data:
-                    await trio.sleep_forever()
-                elif self._read_committed:
-                    await wait_for_stable(self.core, self.topic, self.partition,
-                                          self._read_position)
-                else:
-                    await self.core.wait_for_data(self.topic, self.partition,
-                                                  self._read_position)
-            finally:
-                self._sleeping = None
-
-    @property
-    def _read_committed(self) -> bool:
-        return self.options.isolation is IsolationLevel.READ_COMMITTED
-
-    async def _readable_end(self) -> int:
-        """Where reading stops: the last stable offset (READ_COMMITTED) or the watermark."""
-        if self._read_committed:
-            return (await self.core._partition(self.topic, self.partition)).last_stable_offset
-        return await self.core.latest_offset(self.topic, self.partition)
-
     def _next_deadline(self, now: float) -> float:
-        deadline = self._redeliver.next_ready_at(now)
+        deadline = self._redeliver.next_ready_at(now) if self._redeliver else None
         if self._pending:
             first = next(iter(self._pending.values())).deadline
             if first is not None and (deadline is None or first < deadline):
                 deadline = first
-        due_ms = self._delayed.next_due_ms()
+        due_ms = self._delayed.next_due_ms() if self._delayed else None
         if due_ms is not None and len(self._due) < _DUE_BATCH:
             # epoch ms -> trio time; at least 1 ms ahead so a clock step cannot spin
             due = now + max(due_ms - self._clock_ms(), 1) / 1000
             if deadline is None or due < deadline:
                 deadline = due
-        return float("inf") if deadline is None else deadline
+        return _INF if deadline is None else deadline
 
     def _due_waiting(self) -> bool:
         """Whether held messages are due and the due queue has room for them."""
+        if not self._delayed:
+            return False
         due_ms = self._delayed.next_due_ms()
         return (
             due_ms is not None and due_ms <= self._clock_ms() and len(self._due) < _DUE_BATCH
@@ -624,6 +585,8 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
 
     def _expire(self, now: float) -> None:
         """Ack timeouts: pending messages past their deadline go back at once."""
+        if not self._pending:
+            return
         expired = []
         for offset, p in self._pending.items():
             if p.deadline is None or p.deadline > now:
@@ -637,6 +600,9 @@ class PartitionSubscription(ReadAheadFill, ReadyAcks, TransactionalAcks):
         dispatcher = self._dispatcher
         if dispatcher is None:
             return
+        if not (self._read_ahead or self._redeliver or self._due):
+            self._ahead_timed = False
+            return  # nothing to deliver (a pass woken by acks or by new data)
         in_order = dispatcher.in_order()
         blocked: set[bytes | None] = set()
         now_ms = self._clock_ms()
