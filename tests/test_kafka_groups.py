@@ -253,12 +253,74 @@ def test_commit_validation() -> None:
     sync(group, 1, a, 1, {a: b""})
     assert group.check_commit(2, member_id=a, generation_id=1, instance_id=None) == (
         ErrorCode.NONE)
+    # only members commit into a group that has members (Kafka's answer)
     assert group.check_commit(2, member_id="", generation_id=-1, instance_id=None) == (
-        ErrorCode.ILLEGAL_GENERATION)
+        ErrorCode.UNKNOWN_MEMBER_ID)
     assert group.check_commit(2, member_id="x", generation_id=1, instance_id=None) == (
         ErrorCode.UNKNOWN_MEMBER_ID)
     assert group.check_commit(2, member_id=a, generation_id=7, instance_id=None) == (
         ErrorCode.ILLEGAL_GENERATION)
+
+
+def test_commits_while_the_group_rebalances_are_refused_only_as_kafka_refuses_them() -> None:
+    """The sequence behind the e2e test's UNKNOWN_MEMBER_ID: a member's commit is accepted
+    until the member is gone -- at the rebalance timeout or by LeaveGroup -- and only then
+    refused with UNKNOWN_MEMBER_ID."""
+    group = Group("g")
+    a, b = stable_pair(group)
+    parked = join(group, 100, a)  # the leader rejoins (cooperative-sticky does so to migrate)
+    assert isinstance(parked, Parked) and group.state is GroupState.PREPARING_REBALANCE
+    # the leader commits while its JoinGroup is parked; b, not yet rejoined, commits too
+    assert group.check_commit(101, member_id=a, generation_id=2, instance_id=None) == (
+        ErrorCode.NONE)
+    assert group.check_commit(102, member_id=b, generation_id=2, instance_id=None) == (
+        ErrorCode.NONE)
+    # b's heartbeats keep its session, but it does not rejoin within the rebalance timeout
+    for now in range(200, 100 + REBALANCE, 5000):
+        assert group.heartbeat(now, member_id=b, generation_id=2, instance_id=None) == (
+            ErrorCode.REBALANCE_IN_PROGRESS)
+        assert group.check_commit(now, member_id=b, generation_id=2, instance_id=None) == (
+            ErrorCode.NONE)
+        group.tick(now)
+    group.tick(100 + REBALANCE)
+    assert list(group.members) == [a] and group.generation_id == 3
+    now = 101 + REBALANCE
+    assert group.check_commit(now, member_id=b, generation_id=2, instance_id=None) == (
+        ErrorCode.UNKNOWN_MEMBER_ID)  # gone: Kafka answers the same
+    assert group.check_commit(now, member_id=a, generation_id=2, instance_id=None) == (
+        ErrorCode.ILLEGAL_GENERATION)  # known member, old generation
+    assert group.check_commit(now, member_id=a, generation_id=3, instance_id=None) == (
+        ErrorCode.REBALANCE_IN_PROGRESS)  # CompletingRebalance
+    # a member that left (librdkafka after max.poll.interval.ms) commits with no member id
+    assert group.leave(now, member_id=a, instance_id=None) == ErrorCode.NONE
+    assert group.state is GroupState.EMPTY
+    assert group.check_commit(now, member_id="", generation_id=3, instance_id=None) == (
+        ErrorCode.UNKNOWN_MEMBER_ID)
+
+
+def test_pending_member_id_outlives_a_join_phase_that_timed_out() -> None:
+    """Kafka keeps a MEMBER_ID_REQUIRED id until its own session timeout: a join phase that
+    ends at the rebalance timeout does not forget it, and its JoinGroup then starts the next
+    rebalance instead of being refused with UNKNOWN_MEMBER_ID."""
+    group = Group("g")
+    a, b = stable_pair(group)
+    join(group, 100, a, protocols=[("range", b"changed")])
+    late = joined(join(group, 110, require_known=True, session=REBALANCE + 10_000))
+    assert late.error == ErrorCode.MEMBER_ID_REQUIRED
+    assert isinstance(join(group, 120, b), Parked)
+    group.tick(100 + REBALANCE - 1)
+    assert group.state is GroupState.PREPARING_REBALANCE  # waits for the pending member
+    group.tick(100 + REBALANCE)
+    assert group.state is GroupState.COMPLETING_REBALANCE and group.generation_id == 3
+    assert late.member_id in group.pending
+    parked = join(group, 100 + REBALANCE + 1, late.member_id, require_known=True)
+    assert isinstance(parked, Parked), parked
+    assert group.state is GroupState.PREPARING_REBALANCE
+    assert late.member_id in group.members and late.member_id not in group.pending
+    # an unused pending id still expires on its own deadline
+    other = joined(join(group, 100 + REBALANCE + 2, require_known=True))
+    group.tick(100 + REBALANCE + 2 + SESSION)
+    assert other.member_id not in group.pending
 
 
 def test_initial_rebalance_delay_gathers_early_joiners() -> None:

@@ -12,7 +12,7 @@ import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import confluent_kafka as ck
@@ -110,6 +110,60 @@ def test_confluent_group_resumes_after_restart(polystream_server: ServerFactory)
     assert {tp.partition: tp.offset for tp in committed} == ends
 
 
+class PollingThreads:
+    """One thread per consumer polling it (and committing what it reads), as applications do.
+
+    A synchronous commit sent while its consumer's JoinGroup is parked is answered only after
+    that JoinGroup (a Kafka connection answers in request order), and the JoinGroup only once
+    every member has rejoined.  Polling all consumers from one thread therefore deadlocks the
+    rebalance whenever another member needs a ``poll()`` (its rebalance callback) to rejoin,
+    until ``max.poll.interval.ms`` makes that member leave the group -- its next commit is then
+    refused with UNKNOWN_MEMBER_ID, as Kafka refuses it.  Hence a thread per consumer.
+    """
+
+    def __init__(self, count: int, step: Callable[[int], None]) -> None:
+        self.failures: list[BaseException] = []
+        self._step = step
+        self._stops = [threading.Event() for _ in range(count)]
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(count)]
+
+    def _run(self, index: int) -> None:
+        try:
+            while not self._stops[index].is_set():
+                self._step(index)
+        except BaseException as exc:  # re-raised in the test's thread by check()
+            self.failures.append(exc)
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, *indexes: int) -> None:
+        """Stop polling these consumers (all if none named) and wait for their threads."""
+        for i in indexes or range(len(self._threads)):
+            self._stops[i].set()
+        for i in indexes or range(len(self._threads)):
+            if self._threads[i].is_alive():
+                self._threads[i].join(CLIENT_TIMEOUT_S)
+                assert not self._threads[i].is_alive(), f"consumer {i} is stuck"
+
+    def check(self) -> None:
+        """Re-raise the first failure of a polling thread."""
+        if self.failures:
+            raise self.failures[0]
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Whether ``condition()`` held within ``timeout`` seconds (stops at a failure)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.check()
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_three_consumers_rebalance_without_loss_or_rereading(server: ServerProcess,
                                                              strategy: str) -> None:
@@ -118,63 +172,82 @@ def test_three_consumers_rebalance_without_loss_or_rereading(server: ServerProce
     members = [consumer(server, group, **{"client.id": f"member-{i}",
                                           "partition.assignment.strategy": strategy})
                for i in range(3)]
+    lock = threading.Lock()  # guards everything below that the polling threads touch
     assigned: list[set[int]] = [set(), set(), set()]
+    read_by = [0, 0, 0]
+    consumed: set[tuple[int, int]] = set()
+    committed_upto = {0: 0, 1: 0, 2: 0}  # per partition: every offset below is committed
 
     def on_assign(i: int) -> Any:
         # eager assignors revoke everything first; cooperative ones hand out increments
         def assign(c: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
-            assigned[i] |= {tp.partition for tp in partitions}
+            with lock:
+                assigned[i] |= {tp.partition for tp in partitions}
 
         def revoke(c: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
-            assigned[i] -= {tp.partition for tp in partitions}
+            with lock:
+                assigned[i] -= {tp.partition for tp in partitions}
         return {"on_assign": assign, "on_revoke": revoke}
 
-    for i, c in enumerate(members):
-        c.subscribe([topic], **on_assign(i))
-    consumed: set[tuple[int, int]] = set()
-    committed_upto = {0: 0, 1: 0, 2: 0}  # per partition: every offset below is committed
-
-    def poll_and_commit(c: ck.Consumer) -> None:
+    def poll_and_commit(i: int) -> None:
+        c = members[i]
         msg = c.poll(0.05)
         if msg is None or msg.error() is not None:
             return
         partition, offset = msg.partition(), msg.offset()
-        assert offset >= committed_upto[partition], "a committed record was read again"
-        consumed.add((partition, offset))
+        assert partition is not None and offset is not None
+        with lock:
+            assert offset >= committed_upto[partition], "a committed record was read again"
+            consumed.add((partition, offset))
+            read_by[i] += 1
         try:
             c.commit(message=msg, asynchronous=False)
         except ck.KafkaException as exc:
             # during a rebalance Kafka refuses commits; the record then counts as uncommitted
-            # (UNKNOWN_MEMBER_ID: seen about once in eight runs while the cooperative group
-            # settles; the member rejoins — the invariants below still have to hold)
             assert exc.args[0].code() in (ck.KafkaError.REBALANCE_IN_PROGRESS,
-                                          ck.KafkaError.ILLEGAL_GENERATION,
-                                          ck.KafkaError.UNKNOWN_MEMBER_ID), exc
+                                          ck.KafkaError.ILLEGAL_GENERATION), exc
         else:
-            committed_upto[partition] = max(committed_upto[partition], offset + 1)
+            with lock:
+                committed_upto[partition] = max(committed_upto[partition], offset + 1)
 
+    def settled() -> bool:
+        with lock:
+            return sorted(len(a) for a in assigned) == [1, 1, 1]
+
+    for i, c in enumerate(members):
+        c.subscribe([topic], **on_assign(i))
+    pollers = PollingThreads(len(members), poll_and_commit)
+    closed: set[int] = set()
     try:
+        pollers.start()
         # everyone polls until the group has settled with one partition each
-        deadline = time.monotonic() + CLIENT_TIMEOUT_S
-        while sorted(len(a) for a in assigned) != [1, 1, 1] and time.monotonic() < deadline:
-            for c in members:
-                poll_and_commit(c)
-        assert sorted(len(a) for a in assigned) == [1, 1, 1]
-        # the third member reads a little of its partition, commits, and leaves
-        before = len(consumed)
-        deadline = time.monotonic() + 5.0
-        while len(consumed) < before + 3 and time.monotonic() < deadline:
-            poll_and_commit(members[2])
+        assert pollers.wait_until(settled, CLIENT_TIMEOUT_S)
+        # the third member reads a little more of its partition (if any is left), and leaves
+        with lock:
+            read_before = read_by[2]
+            its_records = {r for r in produced if r[0] in assigned[2]}
+
+        def third_read_a_little() -> bool:
+            with lock:
+                return read_by[2] >= read_before + 3 or its_records <= consumed
+        pollers.wait_until(third_read_a_little, 5.0)
+        pollers.stop(2)
         members[2].close()
-        deadline = time.monotonic() + CLIENT_TIMEOUT_S
-        while consumed != produced and time.monotonic() < deadline:
-            for c in members[:2]:
-                poll_and_commit(c)
+        closed.add(2)
+
+        def survivors_have_read_everything() -> bool:
+            with lock:
+                return consumed == produced and assigned[0] | assigned[1] == {0, 1, 2}
+        pollers.wait_until(survivors_have_read_everything, CLIENT_TIMEOUT_S)
+        pollers.stop()
+        pollers.check()
         assert assigned[0] | assigned[1] == {0, 1, 2}
+        assert consumed == produced, "a record was skipped"
     finally:
-        for c in members[:2]:
-            c.close()
-    assert consumed == produced, "a record was skipped"
+        pollers.stop()
+        for i, c in enumerate(members):
+            if i not in closed:
+                c.close()
 
 
 def test_static_member_rejoins_without_rebalance(server: ServerProcess) -> None:

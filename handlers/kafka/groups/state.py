@@ -444,19 +444,22 @@ class Group:
         """May this OffsetCommit store offsets?  Its error code (NONE: yes).
 
         A commit with generation -1 and no member id into an Empty group is a "simple"
-        commit (manual assignment, or offsets set by an admin) and is accepted.
+        commit (manual assignment, or offsets set by an admin) and is accepted; into a group
+        with members it is refused with ``UNKNOWN_MEMBER_ID`` (only members may commit).
+        Otherwise, as Kafka checks it: the member (``FENCED_INSTANCE_ID``,
+        ``UNKNOWN_MEMBER_ID``), then the generation (``ILLEGAL_GENERATION``), then the state
+        (``REBALANCE_IN_PROGRESS`` while the assignment is pending).  A member keeps its
+        commits while the group prepares a rebalance, parked JoinGroup or not.
         """
         if self.state is GroupState.DEAD:
             return ErrorCode.COORDINATOR_NOT_AVAILABLE
         if generation_id < 0 and self.state is GroupState.EMPTY:
             return ErrorCode.NONE
-        if instance_id is not None:
-            current = self.static_members.get(instance_id)
-            if current is not None and current != member_id:
-                return ErrorCode.FENCED_INSTANCE_ID
-        if (generation_id >= 0 or member_id != UNKNOWN_MEMBER or instance_id is not None) and (
-                member_id not in self.members):
+        if generation_id < 0 and member_id == UNKNOWN_MEMBER and instance_id is None:
             return ErrorCode.UNKNOWN_MEMBER_ID
+        error = self._check_member(member_id, instance_id)
+        if error != ErrorCode.NONE:
+            return error
         if generation_id != self.generation_id:
             return ErrorCode.ILLEGAL_GENERATION
         if self.state is GroupState.COMPLETING_REBALANCE:
@@ -562,7 +565,8 @@ class Group:
         for member in list(self.members.values()):
             if not member.awaiting_join:  # did not rejoin within the rebalance timeout
                 self._remove(now, member.member_id, rebalance=False)
-        self.pending.clear()
+        # pending member ids stay valid until their own deadline, as in Kafka: one that
+        # joins after the phase ended starts the next rebalance instead of being refused
         self._rebalance = None
         self.generation_id += 1
         if not self.members:
