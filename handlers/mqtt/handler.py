@@ -36,7 +36,7 @@ from typing import Any, ClassVar, NamedTuple, cast
 import trio
 
 from core.api import Core
-from core.errors import CoreError, UnknownTopic
+from core.errors import CoreError, MessageTooLarge, UnknownTopic
 from core.handler import ConnectionInfo, HandlerContext, ProtocolHandler
 from core.names import NamespaceName, TopicName
 from core.records import Message
@@ -258,6 +258,13 @@ class MqttContext:
         except CoreError as exc:
             if len(items) == 1:
                 results[items[0][0]] = exc
+                return
+            if isinstance(exc, MessageTooLarge):
+                # too big together: halves, so that only a message too big alone fails (one
+                # append per message here would cost an fsync each)
+                half = len(items) // 2
+                await self._append(core_topic, name, partition, items[:half], results)
+                await self._append(core_topic, name, partition, items[half:], results)
                 return
             for item in items:
                 await self._append(core_topic, name, partition, [item], results)

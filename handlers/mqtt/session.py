@@ -112,6 +112,9 @@ MAX_PUBLISH_BATCH = 256
 STORE_QUEUE = 4
 #: inbound PUBLISH packets stored with one append at most
 MAX_STORE_RUN = 1024
+#: payload bytes above which the storer stops joining runs into one append (a record batch
+#: must stay under the topic's max_message_bytes, 1 MiB by default)
+MAX_STORE_BYTES = 512 * 1024
 #: how long a closing connection may take to say goodbye
 GOODBYE_TIMEOUT_S = 2.0
 _STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -511,13 +514,19 @@ class MqttSession:
             # receive takes a scheduler round even when a run is waiting: more join it
             async for run in self._storing:
                 runs = 1
+                size = -1  # payload bytes of ``run``, counted once a second run could join
                 while len(run) < MAX_STORE_RUN:
                     try:
                         more = self._storing.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                    if size < 0:
+                        size = sum(len(p.payload) for p in run)
+                    size += sum(len(p.payload) for p in more)
                     run = run + more
                     runs += 1
+                    if size >= MAX_STORE_BYTES:
+                        break
                 try:
                     await self._on_publishes(run)
                 finally:
