@@ -62,10 +62,11 @@ async def test_send_all_waits_for_room_and_keeps_the_order() -> None:
     left, right = await stream_pair()
     io = SocketIO(left)
     data = bytes(range(256)) * 16 * 1024  # 4 MiB: far more than the socket buffers hold
+    expected = data + b"ail"
     received = bytearray()
 
     async def drain() -> None:
-        while len(received) < len(data):
+        while len(received) < len(expected):
             chunk = await right.receive_some(65536)
             assert chunk
             received.extend(chunk)
@@ -74,8 +75,7 @@ async def test_send_all_waits_for_room_and_keeps_the_order() -> None:
         nursery.start_soon(drain)
         await io.send_all(data)
         await io.send_all(memoryview(b"tail")[1:])
-        data += b"ail"
-    assert bytes(received) == data
+    assert bytes(received) == expected
     await left.aclose()
     await right.aclose()
 
