@@ -81,6 +81,7 @@ from handlers.amqp.events import (
     ConnectionClosing,
     Event,
     MethodReceived,
+    Publish,
 )
 from handlers.amqp.frames import (
     FRAME_BODY,
@@ -215,6 +216,15 @@ class ServerConnection(Handshake):
             return False
         self._queue(encode_content(channel, method, properties, body, self.frame_max), session=True)
         return True
+
+    def send_unroutable(self, channel: int, publish: Publish) -> bool:
+        """basic.return (312 NO_ROUTE) of a mandatory publish that no queue took."""
+        method = publish.method
+        return self.send_content(
+            channel,
+            commands.Basic.Return(reply_code=int(ReplyCode.NO_ROUTE), reply_text="NO_ROUTE",
+                                  exchange=method.exchange, routing_key=method.routing_key),
+            publish.properties, publish.body)
 
     def send_deliver(
         self,

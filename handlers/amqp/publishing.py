@@ -108,12 +108,7 @@ class PublishMixin:
         settle: dict[int, tuple[list[int], list[int]]] = {}
         for chan, publish, _, route, seq in accepted:
             if ok and publish.method.mandatory and not route.routed:
-                self.conn.send_content(
-                    chan.number,
-                    commands.Basic.Return(reply_code=312, reply_text="NO_ROUTE",
-                                          exchange=publish.method.exchange,
-                                          routing_key=publish.method.routing_key),
-                    publish.properties, publish.body)
+                self.conn.send_unroutable(chan.number, publish)
             if seq is not None:
                 settle.setdefault(chan.number, ([], []))[0 if ok else 1].append(seq)
         for chan, seq in refused:

@@ -156,12 +156,7 @@ class TxMixin(DeliveryMixin):
                                    f"transaction failed: {exc}", 90, 20) from exc
         await self.vhost.trim(outcome.routes)
         for publish in outcome.returns:
-            self.conn.send_content(
-                chan.number,
-                commands.Basic.Return(reply_code=312, reply_text="NO_ROUTE",
-                                      exchange=publish.method.exchange,
-                                      routing_key=publish.method.routing_key),
-                publish.properties, publish.body)
+            self.conn.send_unroutable(chan.number, publish)
         for item, how in outcome.held:
             self._settle(chan, [item], how)
         self._release_owners(outcome.acked)
