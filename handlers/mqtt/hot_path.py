@@ -5,11 +5,11 @@ How it works
 Every PUBLISH and PUBACK of a busy connection goes through a handful of functions; this module
 holds their cheap forms so the general codec stays readable:
 
-* :func:`new_publish`, :func:`new_puback` and :func:`new_message` build frozen dataclasses the
-  way :mod:`core.records` does: ``object.__new__`` and the slots' own setters, about half the
-  cost of a frozen ``__init__`` (which goes through ``object.__setattr__``).  The field lists
+* :func:`new_publish` and :func:`new_puback` build frozen dataclasses the way
+  :mod:`core.records` does (with its :func:`~core.records.slot_setters`: ``object.__new__``
+  and the slots' own setters, about half the cost of a frozen ``__init__``); the field lists
   are checked at import, so a change to a class fails loudly instead of building half-filled
-  objects.
+  objects.  :func:`new_message` is :func:`core.records.new_message`, re-exported.
 * :func:`puback_bytes` is a success PUBACK (the same bytes for 3.1.1 and 5.0: a reason code
   of 0 without properties may be omitted).
 * :func:`plain_headers` recognises the headers an MQTT publish without MQTT 5 properties is
@@ -23,11 +23,8 @@ holds their cheap forms so the general codec stays readable:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import fields
-
 from core import headers as h
-from core.records import Message
+from core.records import new_message, slot_setters
 
 from .packets import PubAck, Publish
 from .primitives import encode_varint
@@ -45,16 +42,9 @@ __all__ = [
 ]
 
 
-def _setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[object, object], None], ...]:
-    if tuple(f.name for f in fields(cls)) != names or hasattr(cls, "__post_init__"):
-        raise RuntimeError(f"update handlers.mqtt.hot_path for {cls.__name__}")
-    return tuple(cls.__dict__[name].__set__ for name in names)
-
-
-_PUBLISH_SET = _setters(
+_PUBLISH_SET = slot_setters(
     Publish, ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties"))
-_PUBACK_SET = _setters(PubAck, ("packet_id", "reason_code", "properties"))
-_MESSAGE_SET = _setters(Message, ("key", "value", "headers", "timestamp_ms"))
+_PUBACK_SET = slot_setters(PubAck, ("packet_id", "reason_code", "properties"))
 
 
 def new_publish(
@@ -82,19 +72,6 @@ def new_puback(packet_id: int) -> PubAck:
     s_code(p, 0)
     s_props(p, EMPTY_PROPERTIES)
     return p
-
-
-def new_message(
-    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], timestamp_ms: int
-) -> Message:
-    """``Message(...)`` for the publish hot path."""
-    m: Message = object.__new__(Message)
-    s_key, s_value, s_headers, s_ts = _MESSAGE_SET
-    s_key(m, key)
-    s_value(m, value)
-    s_headers(m, headers)
-    s_ts(m, timestamp_ms)
-    return m
 
 
 _PUBACK_HEAD = b"\x40\x02"
