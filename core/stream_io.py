@@ -65,27 +65,21 @@ class SocketIO:
         is only taken before reading (never after bytes were read, which would lose them):
         while waiting, and at the check every :data:`YIELD_EVERY` calls.
         """
-        if not self._drained:
+        if self._drained:  # wait first: a read now would most likely find nothing
+            self._unyielded = 0
+            await _wait_readable(self._sock)
+        else:
             self._unyielded += 1
             if self._unyielded >= YIELD_EVERY:
                 self._unyielded = 0
                 await trio.lowlevel.checkpoint_if_cancelled()
                 await trio.lowlevel.cancel_shielded_checkpoint()
-            try:
-                data = os.read(self._fd(), max_bytes)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _broken(exc) from exc
-            else:
-                self._drained = len(data) < max_bytes
-                return data
-        self._unyielded = 0
         while True:
-            await _wait_readable(self._sock)
             try:
                 data = os.read(self._fd(), max_bytes)
             except BlockingIOError:
+                self._unyielded = 0
+                await _wait_readable(self._sock)
                 continue
             except OSError as exc:
                 raise _broken(exc) from exc
@@ -94,25 +88,18 @@ class SocketIO:
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data``, waiting for room as needed."""
-        fd = self._fd()
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise _broken(exc) from exc
-        if sent == len(data):
-            return
-        rest = memoryview(data)[sent:]
-        while rest:
-            await _wait_writable(self._sock)
+        rest = data
+        while True:
             try:
                 sent = os.write(self._fd(), rest)
             except BlockingIOError:
-                continue
+                sent = 0
             except OSError as exc:
                 raise _broken(exc) from exc
-            rest = rest[sent:]
+            if sent == len(rest):
+                return
+            rest = memoryview(rest)[sent:]
+            await _wait_writable(self._sock)
 
 
 def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

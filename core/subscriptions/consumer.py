@@ -125,13 +125,18 @@ class Consumer:
         Raises :class:`ConsumerClosed` once the consumer is closed (messages
         still queued then are handed back to the subscription, not returned).
         """
+        if not self._inbox:
+            await self._wait_inbox()
+        self._check_open()
+        return self._pop()
+
+    async def _wait_inbox(self) -> None:
+        """Wait until a message is queued (raises :class:`ConsumerClosed` once closed)."""
         while not self._inbox:
             self._check_open()
             if self._arrived is None:
                 self._arrived = trio.Event()
             await self._arrived.wait()
-        self._check_open()
-        return self._pop()
 
     def receive_nowait(self) -> Delivery:
         """The next delivered message; raises :class:`trio.WouldBlock` when none is queued."""
@@ -150,11 +155,8 @@ class Consumer:
         """
         if max_count < 1:
             raise ValueError("max_count must be >= 1")
-        while not self._inbox:
-            self._check_open()
-            if self._arrived is None:
-                self._arrived = trio.Event()
-            await self._arrived.wait()
+        if not self._inbox:
+            await self._wait_inbox()
         self._check_open()
         return self._pop_many(max_count)
 

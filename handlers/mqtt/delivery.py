@@ -544,9 +544,7 @@ class Deliverer:
                         try:
                             self._quota.acquire_nowait()
                         except trio.WouldBlock:
-                            await self._flush(packets, tokens, qos0)
-                            packets, tokens, qos0 = [], [], []
-                            await self._quota.acquire()
+                            await self._wait_for_slot(packets, tokens, qos0)
                         if consumer.closed:
                             self._quota.release()
                             return
@@ -583,10 +581,7 @@ class Deliverer:
                 try:
                     self._quota.acquire_nowait()
                 except trio.WouldBlock:
-                    # the client's Receive Maximum is full: send what is ready, then wait
-                    await self._flush(packets, tokens, qos0)
-                    packets, tokens, qos0 = [], [], []
-                    await self._quota.acquire()
+                    await self._wait_for_slot(packets, tokens, qos0)
                 if consumer.closed:
                     self._quota.release()
                     return
@@ -615,6 +610,18 @@ class Deliverer:
             pid = self.state.resend_id((core_topic, shared, d.partition, d.offset))
         return (self.state.start_outbound(qos, token, pid),
                 pid is not None or d.redelivery_count > 0)
+
+    async def _wait_for_slot(
+        self, packets: list[Publish | bytes | tuple[bytes, ...]], tokens: list[Token | None],
+        qos0: list[Token],
+    ) -> None:
+        """The client's Receive Maximum is full: send what is ready (the lists are emptied
+        for the rest of the batch), then wait for a slot."""
+        await self._flush(packets, tokens, qos0)
+        packets.clear()
+        tokens.clear()
+        qos0.clear()
+        await self._quota.acquire()
 
     async def _flush(
         self, packets: list[Publish | bytes | tuple[bytes, ...]], tokens: list[Token | None],
